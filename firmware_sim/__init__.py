@@ -1,0 +1,1 @@
+"""Simulated node hardware and surroundings for tests, benchmarks and the demo."""

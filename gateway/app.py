@@ -1,0 +1,143 @@
+"""The gateway: builds the node's components from its config and runs them.
+
+One root `asyncio.TaskGroup` owns one supervised task per component. Components start in
+dependency order (storage, uplink, consumers, then the drivers that feed them), each
+waiting for the previous one to report ready, and stop in reverse order so that what the
+drivers produced last is still stored and forwarded. SIGTERM and SIGINT request that
+orderly stop; every component gets a bounded time to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+
+from gateway.bus import Bus
+from gateway.clock import Clock, SystemClock
+from gateway.config import NodeConfig
+from gateway.devices import DeviceContext, DriverComponent, SharedResources
+from gateway.plugins import DriverRegistry, load_drivers
+from gateway.supervisor import Component, RestartPolicy, Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+class Gateway:
+    """A running node: config in, components supervised, orderly shutdown."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        registry: DriverRegistry | None = None,
+        clock: Clock | None = None,
+        restart_policy: RestartPolicy | None = None,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        extra_components: Sequence[Component] = (),
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.bus = Bus()
+        self.shared = SharedResources()
+        self.registry = registry or load_drivers()
+        self.restart_policy = restart_policy or RestartPolicy()
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.components: list[Component] = [*self._build(), *extra_components]
+        self.supervisors: list[Supervisor] = []
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def _build(self) -> list[Component]:
+        components: list[Component] = []
+        for device in self.config.devices:
+            if not device.enabled:
+                logger.info("device %s is disabled in the config", device.id)
+                continue
+            driver_cls = self.registry.drivers[device.type]
+            ctx = DeviceContext(
+                node_id=self.config.node.id,
+                device_id=device.id,
+                bus=self.bus,
+                clock=self.clock,
+                shared=self.shared,
+                driver_type=device.type,
+            )
+            components.append(DriverComponent(driver_cls(device), ctx))
+        return components
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once a stop has been requested."""
+        return self._stop
+
+    def request_stop(self) -> None:
+        """Begin an orderly shutdown (safe to call more than once)."""
+        if not self._stop.is_set():
+            logger.info("stopping node %s", self.config.node.id)
+            self._stop.set()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Run until `request_stop()` (or SIGTERM/SIGINT); raise if a component gives up."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        handle_signals = handle_signals and threading.current_thread() is threading.main_thread()
+        if handle_signals:
+            for sig in signals:
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks: list[asyncio.Task[None]] = []
+                for component in self.components:
+                    sup = Supervisor(component, self.restart_policy, clock=self.clock)
+                    self.supervisors.append(sup)
+                    tasks.append(tg.create_task(sup.run(), name=component.name))
+                    await self._wait_started(sup, tasks[-1])
+                    if self._stop.is_set():
+                        break
+                if not self._stop.is_set():
+                    self.ready.set()
+                    logger.info(
+                        "node %s running with %d component(s)",
+                        self.config.node.id,
+                        len(self.components),
+                    )
+                await self._stop.wait()
+                for sup, task in reversed(list(zip(self.supervisors, tasks, strict=True))):
+                    await self._stop_one(sup, task)
+        finally:
+            self.ready.clear()
+            if handle_signals:
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
+
+    async def _wait_started(self, sup: Supervisor, task: asyncio.Task[None]) -> None:
+        """Wait until `sup` is ready, has ended, a stop is requested, or time is up."""
+        async with asyncio.TaskGroup() as waits:
+            waiters = (
+                waits.create_task(sup.started.wait(), name=f"gateway.await-ready[{sup.name}]"),
+                waits.create_task(self._stop.wait(), name="gateway.await-stop"),
+            )
+            done, _ = await asyncio.wait(
+                (*waiters, task), timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in waiters:
+                waiter.cancel()
+        if not done:
+            logger.warning(
+                "component %s not ready after %gs; starting the next ones anyway",
+                sup.name,
+                self.start_timeout,
+            )
+
+    async def _stop_one(self, sup: Supervisor, task: asyncio.Task[None]) -> None:
+        if task.done():
+            return
+        task.cancel()
+        done, _ = await asyncio.wait((task,), timeout=self.stop_timeout)
+        if not done:
+            logger.error("component %s did not stop within %gs", sup.name, self.stop_timeout)

@@ -1,0 +1,150 @@
+"""The ``cityneuron`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import gateway
+from gateway.config import ConfigError, NodeConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_HUNG = 70  # shutdown did not finish in time (EX_SOFTWARE)
+
+HARD_EXIT_GRACE = 20.0
+
+
+def _load(path: str) -> NodeConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return EXIT_CONFIG
+    kinds: dict[str, int] = {}
+    for device in config.devices:
+        kinds[device.type] = kinds.get(device.type, 0) + 1
+    summary = ", ".join(f"{n} {t}" for t, n in sorted(kinds.items())) or "no devices"
+    uplink = f"mqtt {config.mqtt.host}:{config.mqtt.effective_port}" if config.mqtt else "no uplink"
+    print(f"{args.file}: OK - node {config.node.id}, {summary}, {uplink}")
+    return EXIT_OK
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    from drivers.api import API_VERSION  # noqa: PLC0415
+
+    print(
+        f"cityneuron {gateway.__version__} (driver API {API_VERSION}, Python "
+        f"{sys.version_info.major}.{sys.version_info.minor})"
+    )
+    return EXIT_OK
+
+
+def _arm_hard_exit(grace: float) -> None:
+    """Exit the process if an orderly shutdown hangs (a stuck thread, a swallowed cancel)."""
+
+    def _expire() -> None:
+        logger.critical("shutdown did not finish within %gs; exiting hard", grace)
+        logging.shutdown()
+        os._exit(EXIT_HUNG)
+
+    timer = threading.Timer(grace, _expire)
+    timer.daemon = True
+    timer.start()
+
+
+async def _run_gateway(config: NodeConfig) -> None:
+    from gateway.app import Gateway  # noqa: PLC0415 - keeps `check-config` light
+
+    gw = Gateway(config)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(gw.run(), name="gateway")
+        await gw.stopping.wait()
+        _arm_hard_exit(HARD_EXIT_GRACE)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from gateway.logs import setup_logging  # noqa: PLC0415
+
+    setup_logging(args.log_level or config.log.level, config.log.format)
+    try:
+        asyncio.run(_run_gateway(config))
+    except Exception as exc:
+        for error in _leaves(exc):
+            logger.critical("node stopped on error: %s", error, exc_info=error)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The individual errors inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(duration=args.duration, workdir=Path(args.workdir) if args.workdir else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cityneuron", description="Runtime of a city neuron node."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the node")
+    p.add_argument("--config", "-c", required=True, help="node config (YAML)")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override log.level"
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a node config and report every problem")
+    p.add_argument("file", help="node config (YAML)")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "demo", help="run a simulated node with a local broker and show what it sends"
+    )
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--workdir", help="directory for the demo's state (a temporary one if unset)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

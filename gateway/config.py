@@ -1,0 +1,328 @@
+"""The node configuration: pydantic models loaded from YAML with file:line errors.
+
+Driver sections (``devices:``) form a union keyed on ``type``; which types exist is
+decided at load time from the built-in drivers and installed plugins, so a vendor's
+driver config is validated exactly like a built-in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+
+from drivers.api import DEVICE_ID_PATTERN, DriverConfig
+from gateway.yamlsource import Source, SourceError, load_file
+
+NODE_ID_PATTERN = DEVICE_ID_PATTERN
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(Section):
+    id: str = Field(
+        pattern=NODE_ID_PATTERN,
+        description="Node id, unique in the fleet; used in MQTT topics and the client id.",
+    )
+    name: str | None = Field(default=None, description="Human-readable name of the node.")
+    groups: list[Annotated[str, Field(pattern=NODE_ID_PATTERN)]] = Field(
+        default_factory=list,
+        description="Fleet groups the node belongs to; it accepts commands sent to them.",
+    )
+    data_dir: Path = Field(
+        default=Path("/var/lib/cityneuron"),
+        description="Directory for durable state: outbox, rule bundles, models.",
+    )
+
+
+class LogSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level of log records written."
+    )
+    format: Literal["text", "json"] = Field(
+        default="text", description="text for people (journal), json for log shippers."
+    )
+
+
+class TlsSection(Section):
+    enabled: bool = Field(default=True, description="Use TLS to the broker (on by default).")
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signs the broker's certificate; "
+        "the system's trust store when unset.",
+    )
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="Client private key (PEM).")
+    verify: bool = Field(
+        default=True,
+        description="Verify the broker's certificate and host name. Never disable in the field.",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttSection(Section):
+    host: str = Field(description="Broker host name or address.")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Broker port; 8883 with TLS, 1883 without."
+    )
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
+    tls: TlsSection = Field(default_factory=TlsSection, description="TLS settings.")
+    username: str | None = Field(default=None, description="User name for the broker.")
+    password: SecretStr | None = Field(
+        default=None,
+        description="Password; write ${file:/path} or ${cred:name} instead of the secret.",
+    )
+    client_id: str | None = Field(
+        default=None, description="MQTT client id; the node id when unset."
+    )
+    keepalive: int = Field(default=30, ge=5, le=3600, description="Keepalive in seconds.")
+    topic_prefix: str = Field(
+        default="cityneuron/v1", description="Prefix of every topic the node uses."
+    )
+    max_inflight: int = Field(
+        default=8, ge=1, le=10, description="QoS 1 publishes awaiting PUBACK at once."
+    )
+    batch_max: int = Field(
+        default=100, ge=1, le=10000, description="Most readings in one telemetry message."
+    )
+    batch_linger: float = Field(
+        default=0.2, ge=0, le=60, description="Seconds to wait for a telemetry batch to fill."
+    )
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 8883 if self.tls.enabled else 1883
+
+
+class OutboxSection(Section):
+    path: Path | None = Field(
+        default=None, description="SQLite file of the outbox; data_dir/outbox.db when unset."
+    )
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024, description="Disk budget of the outbox."
+    )
+    commit_interval: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="Seconds records may wait to be committed together (one fsync per batch).",
+    )
+
+
+class NodeConfig(Section):
+    """The whole configuration of one node."""
+
+    node: NodeSection = Field(description="Identity of the node.")
+    log: LogSection = Field(default_factory=LogSection, description="Logging.")
+    mqtt: MqttSection | None = Field(
+        default=None, description="Upstream broker; without it the node only stores data."
+    )
+    outbox: OutboxSection = Field(
+        default_factory=OutboxSection, description="Durable store-and-forward buffer."
+    )
+    devices: list[DriverConfig] = Field(
+        default_factory=list, description="Devices the node reads; each picks a driver by type."
+    )
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> NodeConfig:
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.id in seen:
+                raise ValueError(f"device id {device.id!r} is used more than once")
+            seen.add(device.id)
+        return self
+
+
+class ConfigIssue(BaseModel):
+    """One problem in a config file."""
+
+    file: str
+    line: int | None
+    column: int | None
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        pos = self.file
+        if self.line is not None:
+            pos += f":{self.line}"
+            if self.column is not None:
+                pos += f":{self.column}"
+        return f"{pos}: {self.where}: {self.message}" if self.where else f"{pos}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `issues` lists every problem with its position."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def config_model(driver_configs: Sequence[type[DriverConfig]]) -> type[NodeConfig]:
+    """`NodeConfig` whose ``devices`` accept exactly the given driver config types."""
+    if not driver_configs:
+        return NodeConfig
+    device: Any
+    if len(driver_configs) == 1:
+        device = driver_configs[0]
+    else:
+        device = Annotated[Union[tuple(driver_configs)], Field(discriminator="type")]  # noqa: UP007
+    model: type[NodeConfig] = create_model(
+        "NodeConfig",
+        __base__=NodeConfig,
+        devices=(
+            list[device],
+            Field(
+                default_factory=list,
+                description="Devices the node reads; each picks a driver by type.",
+            ),
+        ),
+    )
+    return model
+
+
+def _where(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(err: Mapping[str, Any], tags: set[str]) -> str:
+    msg = str(err["msg"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (not allowed here; check spelling and indentation)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        known = ", ".join(sorted(tags)) or "none installed"
+        return f"{msg} (known driver types: {known})"
+    inp = err.get("input")
+    if isinstance(inp, str | int | float | bool) and kind not in ("value_error", "assertion_error"):
+        msg += f" (got {inp!r})"
+    return msg
+
+
+def validate_source(source: Source, model: type[NodeConfig]) -> NodeConfig:
+    """Validate loaded YAML against `model`; every problem becomes a positioned issue."""
+    data = source.data
+    if data is None:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file=source.file, line=None, column=None, where="", message="file is empty"
+                )
+            ]
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file=source.file,
+                    line=1,
+                    column=1,
+                    where="",
+                    message="top level must be a mapping of sections",
+                )
+            ]
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        tags = _driver_tags(model)
+        issues = []
+        for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            pos = source.locate(loc)
+            issues.append(
+                ConfigIssue(
+                    file=source.file,
+                    line=pos[0] if pos else None,
+                    column=pos[1] if pos else None,
+                    where=_where(_strip_tags(source, loc)),
+                    message=_message(err, tags),
+                )
+            )
+        raise ConfigError(issues) from None
+
+
+def _strip_tags(source: Source, loc: Sequence[str | int]) -> list[str | int]:
+    """Drop the union tag pydantic inserts (devices.0.modbus.port -> devices[0].port)."""
+    node: Any = source.data
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return out
+
+
+def _driver_tags(model: type[NodeConfig]) -> set[str]:
+    tags: set[str] = set()
+    pending: list[Any] = [model.model_fields["devices"].annotation]
+    while pending:
+        tp = pending.pop()
+        if isinstance(tp, type) and issubclass(tp, DriverConfig):
+            literal = get_args(tp.model_fields["type"].annotation)
+            tags.update(a for a in literal if isinstance(a, str))
+        pending.extend(get_args(tp))
+    return tags
+
+
+def load_config(
+    path: str | Path,
+    driver_configs: Sequence[type[DriverConfig]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> NodeConfig:
+    """Load and validate the node config at `path`; raises `ConfigError` on any problem.
+
+    `driver_configs` defaults to the built-in drivers plus installed plugins.
+    """
+    if driver_configs is None:
+        from gateway.plugins import load_drivers  # noqa: PLC0415 - plugins import config
+
+        driver_configs = load_drivers().config_models()
+    try:
+        source = load_file(path, env)
+    except SourceError as exc:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file=exc.file, line=exc.line, column=exc.column, where="", message=exc.message
+                )
+            ]
+        ) from None
+    return validate_source(source, config_model(driver_configs))

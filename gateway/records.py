@@ -1,0 +1,140 @@
+"""Immutable records that flow from drivers and models to rules and the uplink."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from ulid import ULID
+
+Value = bool | int | float | str | None
+
+
+def new_id() -> str:
+    """A unique, time-ordered identifier (ULID, 26 characters, sortable as text)."""
+    return str(ULID())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Quality(StrEnum):
+    """How far a value can be trusted (OPC UA style, reduced to what a node can know)."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class Severity(StrEnum):
+    """Severity of an event, lowest first."""
+
+    INFO = "info"
+    WARNING = "warning"
+    MINOR = "minor"
+    MAJOR = "major"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reading:
+    """One value of one point of one device at one moment."""
+
+    device: str
+    point: str
+    value: Value
+    ts: datetime = field(default_factory=utcnow)
+    quality: Quality = Quality.GOOD
+    unit: str | None = None
+    node: str = ""
+    id: str = field(default_factory=new_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "node": self.node,
+            "device": self.device,
+            "point": self.point,
+            "value": self.value,
+            "unit": self.unit,
+            "quality": self.quality.value,
+            "ts": _iso(self.ts),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Detection:
+    """One object found by a model in one frame."""
+
+    camera: str
+    model: str
+    label: str
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source-image pixels
+    ts: datetime = field(default_factory=utcnow)
+    frame_id: str | None = None
+    node: str = ""
+    id: str = field(default_factory=new_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "node": self.node,
+            "camera": self.camera,
+            "model": self.model,
+            "label": self.label,
+            "score": round(self.score, 4),
+            "box": [round(v, 1) for v in self.box],
+            "frame_id": self.frame_id,
+            "ts": _iso(self.ts),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Something the node reports on its own: an alarm, a state change, a detection."""
+
+    kind: str
+    source: str
+    severity: Severity = Severity.INFO
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    rule: str | None = None
+    location: dict[str, Any] | None = None
+    snapshot: str | None = None
+    ts: datetime = field(default_factory=utcnow)
+    node: str = ""
+    id: str = field(default_factory=new_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "node": self.node,
+            "kind": self.kind,
+            "source": self.source,
+            "severity": self.severity.value,
+            "message": self.message,
+            "rule": self.rule,
+            "data": self.data,
+            "location": self.location,
+            "snapshot": self.snapshot,
+            "ts": _iso(self.ts),
+        }
+
+
+Record = Reading | Detection | Event
+
+
+def stamp(record: Record, node: str) -> Record:
+    """The record with its node id set (drivers do not know which node they run on)."""
+    if record.node == node:
+        return record
+    return dataclasses.replace(record, node=node)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

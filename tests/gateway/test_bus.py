@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from gateway.bus import Bus, DropPolicy
+from gateway.records import Event, Reading
+
+
+def reading(n: int, device: str = "d1") -> Reading:
+    return Reading(device=device, point="p", value=n)
+
+
+async def test_every_subscriber_gets_every_record_in_order() -> None:
+    bus = Bus()
+    with bus.subscribe("a") as a, bus.subscribe("b") as b:
+        for n in range(5):
+            await bus.publish(reading(n))
+        assert [(await a.get()).value for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert [(await b.get()).value for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert bus.stats() == []
+
+
+async def test_drop_oldest_keeps_newest_counts_and_reports(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.bus")
+    bus = Bus()
+    with bus.subscribe("slow", maxsize=3, policy=DropPolicy.DROP_OLDEST) as sub:
+        for n in range(10):
+            await bus.publish(reading(n))
+        assert sub.depth == 3
+        assert sub.dropped == 7
+        assert [sub.get_nowait().value for _ in range(3)] == [7, 8, 9]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "'slow' is too slow" in warnings[0].getMessage()
+        # the streak ends once a record fits without dropping
+        await bus.publish(reading(10))
+        assert any("caught up after dropping 7" in r.getMessage() for r in caplog.records)
+        assert sub.stats().dropped == 7
+
+
+async def test_memory_stays_bounded_when_a_consumer_never_reads() -> None:
+    bus = Bus()
+    with bus.subscribe("stuck", maxsize=100) as sub:
+        for n in range(20_000):
+            bus.publish_nowait(reading(n))
+        assert sub.depth == 100
+        assert sub.dropped == 19_900
+        assert sub.delivered == 20_000
+
+
+async def test_backpressure_slows_the_publisher_instead_of_dropping() -> None:
+    bus = Bus()
+    with bus.subscribe("outbox", maxsize=2, policy=DropPolicy.BACKPRESSURE, max_wait=5) as sub:
+        received: list[object] = []
+
+        async def consume() -> None:
+            for _ in range(20):
+                received.append((await sub.get()).value)
+                await asyncio.sleep(0.001)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(consume(), name="consumer")
+            for n in range(20):
+                await bus.publish(reading(n))
+        assert received == list(range(20))
+        assert sub.dropped == 0
+
+
+async def test_backpressure_gives_up_after_max_wait_and_counts_the_drop() -> None:
+    bus = Bus()
+    with bus.subscribe("dead", maxsize=1, policy=DropPolicy.BACKPRESSURE, max_wait=0.05) as sub:
+        await bus.publish(reading(0))
+        await bus.publish(reading(1))  # waits 50 ms, then drops the new record
+        assert sub.dropped == 1
+        assert sub.get_nowait().value == 0
+        # publish_nowait never waits: the new record is dropped too
+        await bus.publish(reading(2))
+        bus.publish_nowait(reading(3))
+        assert sub.dropped == 2
+        assert sub.get_nowait().value == 2
+
+
+async def test_kind_filter_and_batches() -> None:
+    bus = Bus()
+    with bus.subscribe("events", kinds=[Event]) as events, bus.subscribe("all") as every:
+        await bus.publish(reading(1))
+        await bus.publish(Event(kind="k", source="s"))
+        await bus.publish(reading(2))
+        assert events.depth == 1
+        batch = await every.get_batch(10, linger=0.01)
+        assert len(batch) == 3
+
+
+async def test_get_batch_stops_at_max_items() -> None:
+    bus = Bus()
+    with bus.subscribe("all") as sub:
+        for n in range(7):
+            await bus.publish(reading(n))
+        assert [r.value for r in await sub.get_batch(5, linger=1)] == [0, 1, 2, 3, 4]
+        assert [r.value for r in await sub.get_batch(5, linger=0.01)] == [5, 6]
+
+
+def test_subscription_rejects_a_zero_size_queue() -> None:
+    with pytest.raises(ValueError, match="maxsize must be >= 1"):
+        Bus().subscribe("bad", maxsize=0)
