@@ -57,6 +57,7 @@ class MosquittoBroker:
         host: str = "127.0.0.1",
         workdir: Path | None = None,
         extra_config: str = "",
+        persistence: bool = False,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -66,6 +67,7 @@ class MosquittoBroker:
             workdir = Path(self._tmp.name)
         self.workdir = workdir
         self.extra_config = extra_config
+        self.persistence = persistence
         self.log_path = workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -80,8 +82,12 @@ class MosquittoBroker:
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 100000\n"
+            + (
+                f"persistence true\npersistence_location {self.workdir}/\n"
+                if self.persistence
+                else "persistence false\n"
+            )
+            + "max_queued_messages 100000\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"{self.extra_config}\n",

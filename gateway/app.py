@@ -13,14 +13,21 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
+from typing import Any
 
+import gateway
+from drivers.api import WriteError
 from gateway.bus import Bus
 from gateway.clock import Clock, SystemClock
+from gateway.commands import CommandError, CommandRouter
 from gateway.config import NodeConfig
 from gateway.devices import DeviceContext, DriverComponent, SharedResources
+from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
 from gateway.supervisor import Component, RestartPolicy, Supervisor
+from gateway.uplink import Uplink
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +54,49 @@ class Gateway:
         self.restart_policy = restart_policy or RestartPolicy()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.commands = CommandRouter(
+            max_bytes=config.mqtt.max_command_bytes if config.mqtt else 1024 * 1024
+        )
+        self.drivers: dict[str, DriverComponent] = {}
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.started_at = time.monotonic()
         self.components: list[Component] = [*self._build(), *extra_components]
+        self.commands.register("ping", self._cmd_ping)
+        self.commands.register("write", self._cmd_write)
         self.supervisors: list[Supervisor] = []
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
 
     def _build(self) -> list[Component]:
+        """Components in start order: storage, uplink, then the drivers feeding them."""
+        cfg = self.config
         components: list[Component] = []
+        ttl = cfg.outbox.ttl
+        self.outbox = Outbox(
+            cfg.outbox.resolved_path(cfg.node.data_dir),
+            node=cfg.node.id,
+            bus=self.bus,
+            max_bytes=int(cfg.outbox.max_bytes),
+            commit_interval=cfg.outbox.commit_interval,
+            batch_max=cfg.outbox.batch_max,
+            fsync=cfg.outbox.fsync,
+            ttl={
+                Priority.ALARM: ttl.alarm,
+                Priority.EVENT: ttl.event,
+                Priority.TELEMETRY: ttl.telemetry,
+            },
+        )
+        components.append(self.outbox)
+        if cfg.mqtt is not None:
+            self.uplink = Uplink(
+                cfg.mqtt,
+                node=cfg.node.id,
+                groups=cfg.node.groups,
+                outbox=self.outbox,
+                commands=self.commands,
+            )
+            components.append(self.uplink)
         for device in self.config.devices:
             if not device.enabled:
                 logger.info("device %s is disabled in the config", device.id)
@@ -67,8 +110,32 @@ class Gateway:
                 shared=self.shared,
                 driver_type=device.type,
             )
-            components.append(DriverComponent(driver_cls(device), ctx))
+            component = DriverComponent(driver_cls(device), ctx)
+            self.drivers[device.id] = component
+            components.append(component)
         return components
+
+    async def _cmd_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "version": gateway.__version__,
+            "uptime": round(time.monotonic() - self.started_at, 3),
+            "echo": args.get("echo"),
+        }
+
+    async def _cmd_write(self, args: dict[str, Any]) -> dict[str, Any]:
+        device, point = args.get("device"), args.get("point")
+        if not isinstance(device, str) or not isinstance(point, str) or "value" not in args:
+            raise CommandError("invalid_args", "write needs args device, point and value")
+        component = self.drivers.get(device)
+        if component is None:
+            known = ", ".join(sorted(self.drivers)) or "none"
+            raise CommandError("unknown_device", f"no device {device!r} (devices: {known})")
+        try:
+            await component.driver.write(point, args["value"])
+        except WriteError as exc:
+            raise CommandError("write_refused", str(exc)) from exc
+        return {"device": device, "point": point, "value": args["value"]}
 
     @property
     def stopping(self) -> asyncio.Event:

@@ -143,9 +143,18 @@ class Subscription:
         except asyncio.QueueEmpty:
             return None
 
-    async def get_batch(self, max_items: int, linger: float) -> list[Record]:
-        """Wait for one record, then collect up to `max_items` arriving within `linger` s."""
-        batch = [await self._queue.get()]
+    async def get_batch(
+        self, max_items: int, linger: float, *, wake: asyncio.Event | None = None
+    ) -> list[Record]:
+        """Wait for one record, then collect up to `max_items` arriving within `linger` s.
+
+        If `wake` is given and gets set while the queue is empty, return an empty list
+        (the caller has other work, such as acknowledgements to commit).
+        """
+        first = await self._first(wake) if wake is not None else await self._queue.get()
+        if first is None:
+            return []
+        batch = [first]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + linger
         while len(batch) < max_items:
@@ -155,11 +164,27 @@ class Subscription:
                 if remaining <= 0:
                     break
                 try:
+                    # safe: an item taken just as the timeout fires is returned, not lost
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
             batch.append(item)
         return batch
+
+    async def _first(self, wake: asyncio.Event) -> Record | None:
+        item = self.get_nowait()
+        if item is not None or wake.is_set():
+            return item
+        async with asyncio.TaskGroup() as tg:
+            getter = tg.create_task(self._queue.get(), name=f"bus[{self.name}].get")
+            woken = tg.create_task(wake.wait(), name=f"bus[{self.name}].wake")
+            await asyncio.wait((getter, woken), return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            getter.cancel()
+        # a getter that completed before its cancellation keeps its item
+        if not getter.cancelled():
+            return getter.result()
+        return None
 
     def close(self) -> None:
         self._bus.unsubscribe(self)

@@ -7,12 +7,15 @@ driver config is validated exactly like a built-in one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,6 +28,22 @@ from drivers.api import DEVICE_ID_PATTERN, DriverConfig
 from gateway.yamlsource import Source, SourceError, load_file
 
 NODE_ID_PATTERN = DEVICE_ID_PATTERN
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> object:
+    """'500ms', '30s', '10m', '2h', '7d' or a number of seconds -> seconds (float)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration (e.g. 500ms, 30s, 10m, 2h, 7d)")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class Section(BaseModel):
@@ -101,11 +120,8 @@ class MqttSection(Section):
     max_inflight: int = Field(
         default=8, ge=1, le=10, description="QoS 1 publishes awaiting PUBACK at once."
     )
-    batch_max: int = Field(
-        default=100, ge=1, le=10000, description="Most readings in one telemetry message."
-    )
-    batch_linger: float = Field(
-        default=0.2, ge=0, le=60, description="Seconds to wait for a telemetry batch to fill."
+    max_command_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest command payload accepted."
     )
 
     @property
@@ -115,19 +131,40 @@ class MqttSection(Section):
         return 8883 if self.tls.enabled else 1883
 
 
+class TtlSection(Section):
+    alarm: Duration = Field(default=30 * 86400.0, description="How long alarms are kept.")
+    event: Duration = Field(
+        default=7 * 86400.0, description="How long detections and other events are kept."
+    )
+    telemetry: Duration = Field(default=2 * 86400.0, description="How long readings are kept.")
+
+
 class OutboxSection(Section):
     path: Path | None = Field(
         default=None, description="SQLite file of the outbox; data_dir/outbox.db when unset."
     )
-    max_bytes: int = Field(
-        default=256 * 1024 * 1024, ge=1024 * 1024, description="Disk budget of the outbox."
+    max_bytes: ByteSize = Field(
+        default=ByteSize(256 * 1024 * 1024),
+        ge=1024 * 1024,
+        description="Disk budget of the outbox (e.g. 256MB); oldest telemetry goes first.",
     )
-    commit_interval: float = Field(
+    commit_interval: Duration = Field(
         default=0.05,
         ge=0,
         le=5,
         description="Seconds records may wait to be committed together (one fsync per batch).",
     )
+    fsync: Literal["full", "normal"] = Field(
+        default="full",
+        description="full: every commit survives power loss; normal: survives a crash only.",
+    )
+    batch_max: int = Field(
+        default=100, ge=1, le=10000, description="Most readings in one telemetry message."
+    )
+    ttl: TtlSection = Field(default_factory=TtlSection, description="Time to live per class.")
+
+    def resolved_path(self, data_dir: Path) -> Path:
+        return self.path if self.path is not None else data_dir / "outbox.db"
 
 
 class NodeConfig(Section):

@@ -8,13 +8,15 @@ from typing import Literal
 from pydantic import Field
 
 from drivers.api import Driver, DriverConfig, DriverContext
+from gateway.config import Duration
 from gateway.supervisor import Ready
 
 
 class CounterConfig(DriverConfig):
     type: Literal["counter"]
-    interval: float = Field(default=0.01, gt=0, description="Seconds between readings.")
+    interval: Duration = Field(default=0.01, gt=0, description="Time between readings.")
     unit: str = Field(default="1", description="Unit of the count.")
+    limit: int | None = Field(default=None, description="Stop after this many readings.")
 
 
 class CounterDriver(Driver):
@@ -27,7 +29,7 @@ class CounterDriver(Driver):
         assert isinstance(self.config, CounterConfig)
         n = 0
         ctx.set_online(True)
-        while True:
+        while self.config.limit is None or n < self.config.limit:
             await ctx.publish(ctx.reading("count", n, unit=self.config.unit))
             n += 1
             await ctx.clock.sleep(self.config.interval)

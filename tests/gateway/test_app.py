@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,14 @@ def registry() -> DriverRegistry:
     return reg
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
 def node(*devices: CounterConfig | GaugeConfig) -> NodeConfig:
-    return NodeConfig(node=NodeSection(id="n1"), devices=list(devices))
+    """A node without uplink whose state lives in the test's directory."""
+    return NodeConfig(node=NodeSection(id="n1", data_dir=Path("data")), devices=list(devices))
 
 
 async def test_components_start_in_order_and_stop_in_reverse() -> None:
@@ -61,7 +68,8 @@ async def test_device_readings_reach_the_bus_with_node_id_and_state_event() -> N
 
 async def test_disabled_device_does_not_run() -> None:
     gw = Gateway(node(CounterConfig(type="counter", id="c1", enabled=False)), registry=registry())
-    assert gw.components == []
+    assert gw.drivers == {}
+    assert [c.name for c in gw.components] == ["outbox"]
 
 
 async def test_a_component_that_keeps_failing_stops_the_gateway_with_the_reason() -> None:
@@ -95,7 +103,7 @@ async def test_a_flaky_component_recovers_and_the_others_keep_running() -> None:
         tg.create_task(gw.run(handle_signals=False), name="gateway")
         await asyncio.wait_for(gw.ready.wait(), 5)
         assert flaky.runs == 3
-        assert [s.restarts for s in gw.supervisors] == [0, 2]
+        assert [s.restarts for s in gw.supervisors] == [0, 0, 2]
         gw.request_stop()
     assert journal == ["start outbox", "start uplink", "stop uplink", "stop outbox"]
 

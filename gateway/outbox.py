@@ -1,0 +1,522 @@
+"""Durable store-and-forward outbox on SQLite (WAL).
+
+What the node measured is kept here until the broker has acknowledged it.
+
+* **Accepted means durable.** The writer takes records from the bus, packs readings of one
+  device into telemetry messages, and commits everything that arrived within
+  ``commit_interval`` in one transaction. With ``fsync: full`` (the default) each commit
+  is fsynced before it returns, so a committed message survives a process crash *and* a
+  power cut; ``fsync: normal`` survives a process crash but may lose the last commits on
+  power loss (the file stays consistent either way). Records are in memory only while
+  they wait for the next commit, at most ``commit_interval`` seconds.
+* **Deleted only after PUBACK.** The uplink acknowledges a message once the broker's PUBACK
+  arrived; deletions are committed with the next batch. A crash in between means the
+  message is sent again with the same id and sequence number (a QoS 1 duplicate).
+* **Bounded.** The stored payload bytes (plus a fixed per-row overhead) stay within
+  ``max_bytes``. When a commit would exceed it, the oldest messages of the lowest priority
+  class go first (telemetry, then detections and events, alarms last). Each class has a
+  time to live. Evictions and expiries are counted and reported as an ``outbox.dropped``
+  event, which is itself stored and sent.
+* **Ordered.** Every message gets a per-node sequence number (SQLite's AUTOINCREMENT row
+  id, never reused). The uplink sends by class priority, then sequence; all messages of
+  one device and class therefore arrive in the order they were measured.
+
+All SQLite work happens on one thread owned by the outbox; the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from gateway.bus import Bus, DropPolicy
+from gateway.records import Detection, Event, Reading, Record, Severity, new_id
+from gateway.supervisor import Ready
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ROW_OVERHEAD = 96  # bytes of index and row header counted per message against the budget
+SCHEMA_VERSION = 1
+
+
+class Priority(IntEnum):
+    """Classes of messages; a lower value is sent first and evicted last."""
+
+    ALARM = 0
+    EVENT = 1
+    TELEMETRY = 2
+
+
+DEFAULT_TTL: dict[Priority, float] = {
+    Priority.ALARM: 30 * 86400.0,
+    Priority.EVENT: 7 * 86400.0,
+    Priority.TELEMETRY: 2 * 86400.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One MQTT message waiting in the outbox."""
+
+    seq: int
+    id: str
+    priority: Priority
+    topic: str  # relative to the node's topic root, e.g. "telemetry/pump-1"
+    stream: str  # ordering key (device or event source)
+    body: bytes  # JSON object without "seq"
+    count: int  # records inside (readings in a telemetry batch)
+
+    def payload(self) -> bytes:
+        """The JSON sent upstream: the body with the sequence number added."""
+        return b'{"seq":%d,' % self.seq + self.body[1:]
+
+
+@dataclass
+class OutboxStats:
+    """Counters for health, metrics and tests."""
+
+    messages: int = 0
+    bytes: int = 0
+    accepted: int = 0  # records committed
+    sent: int = 0  # messages acknowledged by the broker
+    evicted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    expired: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_priority: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A message packed in memory, before it has a sequence number."""
+
+    id: str
+    priority: Priority
+    topic: str
+    stream: str
+    body: bytes
+    count: int
+    created: float
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def priority_of(record: Record) -> Priority:
+    if isinstance(record, Event):
+        alarm = record.kind.startswith("alarm") or record.severity in (
+            Severity.MAJOR,
+            Severity.CRITICAL,
+        )
+        return Priority.ALARM if alarm else Priority.EVENT
+    if isinstance(record, Detection):
+        return Priority.EVENT
+    return Priority.TELEMETRY
+
+
+def pack(records: Sequence[Record], node: str, batch_max: int, now: float) -> list[_Pending]:
+    """Turn records into messages: readings grouped per device (in arrival order, at most
+    `batch_max` per message), every event and detection a message of its own."""
+    out: list[_Pending] = []
+    by_device: dict[str, list[Reading]] = {}
+    for record in records:
+        if isinstance(record, Reading):
+            by_device.setdefault(record.device, []).append(record)
+            continue
+        body = record.to_dict()
+        body["node"] = node
+        if isinstance(record, Event):
+            topic, stream = f"events/{record.kind}", record.source
+        else:
+            topic, stream = "events/detection", record.camera
+        out.append(_Pending(record.id, priority_of(record), topic, stream, _dumps(body), 1, now))
+    for device, readings in by_device.items():
+        for start in range(0, len(readings), batch_max):
+            chunk = readings[start : start + batch_max]
+            msg_id = new_id()
+            body = {
+                "id": msg_id,
+                "node": node,
+                "device": device,
+                "readings": [
+                    {k: v for k, v in r.to_dict().items() if k not in ("node", "device")}
+                    for r in chunk
+                ],
+            }
+            out.append(
+                _Pending(
+                    msg_id,
+                    Priority.TELEMETRY,
+                    f"telemetry/{device}",
+                    device,
+                    _dumps(body),
+                    len(chunk),
+                    now,
+                )
+            )
+    return out
+
+
+class OutboxStore:
+    """The SQLite file. Synchronous: call only from the outbox's own thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        fsync: Literal["full", "normal"] = "full",
+        ttl: dict[Priority, float] | None = None,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.ttl = ttl or dict(DEFAULT_TTL)
+        self.stats = OutboxStats()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'full' else 'NORMAL'}")
+        self.db.execute("PRAGMA journal_size_limit=16777216")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise RuntimeError(f"{path}: outbox schema {version} is newer than this software")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS messages (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL,
+                priority INTEGER NOT NULL,
+                topic TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                body BLOB NOT NULL,
+                count INTEGER NOT NULL,
+                size INTEGER NOT NULL,
+                created REAL NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS messages_by_priority ON messages(priority, seq);
+            PRAGMA user_version = 1;
+            """
+        )
+        self._refresh_stats()
+
+    def _refresh_stats(self) -> None:
+        self.stats.by_priority.clear()
+        total_n = total_b = 0
+        for prio, n, size in self.db.execute(
+            "SELECT priority, count(*), coalesce(sum(size), 0) FROM messages GROUP BY priority"
+        ):
+            self.stats.by_priority[Priority(prio).name.lower()] = n
+            total_n += n
+            total_b += size
+        self.stats.messages = total_n
+        self.stats.bytes = total_b
+
+    def commit(self, pending: Sequence[_Pending], acked: Iterable[int]) -> dict[str, int]:
+        """Insert `pending`, delete `acked`, enforce the budget; returns evictions by
+        class (already counted in `stats`)."""
+        evicted: dict[str, int] = defaultdict(int)
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            acked = list(acked)
+            if acked:
+                cur.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s in acked])
+            cur.executemany(
+                "INSERT INTO messages (id, priority, topic, stream, body, count, size, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        p.id,
+                        int(p.priority),
+                        p.topic,
+                        p.stream,
+                        p.body,
+                        p.count,
+                        len(p.body) + ROW_OVERHEAD,
+                        p.created,
+                    )
+                    for p in pending
+                ],
+            )
+            used = cur.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
+            if used > self.max_bytes:
+                evicted = self._evict(cur, used - self.max_bytes)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        self.stats.accepted += sum(p.count for p in pending)
+        self._refresh_stats()
+        return evicted
+
+    def _evict(self, cur: sqlite3.Cursor, excess: int) -> dict[str, int]:
+        """Delete the oldest messages of the lowest classes until `excess` bytes are freed."""
+        evicted: dict[str, int] = defaultdict(int)
+        freed = 0
+        for prio in sorted(Priority, reverse=True):
+            if freed >= excess:
+                break
+            rows = cur.execute(
+                "SELECT seq, size, count FROM messages WHERE priority = ? ORDER BY seq",
+                (int(prio),),
+            ).fetchall()
+            victims = []
+            for seq, size, count in rows:
+                if freed >= excess:
+                    break
+                victims.append((seq,))
+                freed += size
+                evicted[prio.name.lower()] += count
+            cur.executemany("DELETE FROM messages WHERE seq = ?", victims)
+        for name, n in evicted.items():
+            self.stats.evicted[name] += n
+        return evicted
+
+    def expire(self, now: float) -> dict[str, int]:
+        """Delete messages older than their class's time to live."""
+        expired: dict[str, int] = {}
+        for prio, ttl in self.ttl.items():
+            cur = self.db.execute(
+                "DELETE FROM messages WHERE priority = ? AND created < ? RETURNING count",
+                (int(prio), now - ttl),
+            )
+            n = sum(row[0] for row in cur.fetchall())
+            if n:
+                expired[prio.name.lower()] = n
+                self.stats.expired[prio.name.lower()] += n
+        if expired:
+            self._refresh_stats()
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return expired
+
+    def peek(self, limit: int, exclude: set[int]) -> list[Message]:
+        """The next `limit` messages to send (by priority, then sequence), skipping
+        `exclude` (in flight or acknowledged but not yet deleted)."""
+        out: list[Message] = []
+        # fetch a little more than needed; `exclude` is small (in-flight window + acks)
+        rows = self.db.execute(
+            "SELECT seq, id, priority, topic, stream, body, count FROM messages"
+            " ORDER BY priority, seq LIMIT ?",
+            (limit + len(exclude),),
+        ).fetchall()
+        for seq, mid, prio, topic, stream, body, count in rows:
+            if seq in exclude:
+                continue
+            out.append(Message(seq, mid, Priority(prio), topic, stream, bytes(body), count))
+            if len(out) == limit:
+                break
+        return out
+
+    def close(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.db.close()
+
+
+class Outbox:
+    """The outbox as the gateway uses it: a bus consumer (the writer component) and a
+    source of messages for the uplink. All SQLite calls run on its own thread."""
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        node: str,
+        bus: Bus,
+        max_bytes: int = 256 * 1024 * 1024,
+        commit_interval: float = 0.05,
+        batch_max: int = 100,
+        fsync: Literal["full", "normal"] = "full",
+        ttl: dict[Priority, float] | None = None,
+        queue_size: int = 10_000,
+        maintenance_interval: float = 60.0,
+    ) -> None:
+        self.path = path
+        self.node = node
+        self.bus = bus
+        self.max_bytes = max_bytes
+        self.commit_interval = commit_interval
+        self.batch_max = batch_max
+        self.fsync = fsync
+        self.ttl = ttl
+        self.queue_size = queue_size
+        self.maintenance_interval = maintenance_interval
+        self.store: OutboxStore | None = None
+        self.available = asyncio.Event()
+        self.committed = asyncio.Event()  # pulses after each commit (for waiting in tests)
+        self._executor: ThreadPoolExecutor | None = None
+        self._acked: set[int] = set()  # acknowledged, deletion not yet committed
+        self._deleting: set[int] = set()  # deletion being committed right now
+        self._inflight: set[int] = set()
+        self._ack_wake = asyncio.Event()
+
+    @property
+    def stats(self) -> OutboxStats:
+        return self.store.stats if self.store else OutboxStats()
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            raise RuntimeError("outbox is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open_store(self) -> OutboxStore:
+        if self.store is None:
+            raise RuntimeError("outbox is not open")
+        return self.store
+
+    async def run(self, ready: Ready) -> None:
+        """Writer component: bus -> SQLite, until cancelled; drains the queue on stop."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        sub = self.bus.subscribe(
+            "outbox", maxsize=self.queue_size, policy=DropPolicy.BACKPRESSURE, max_wait=5.0
+        )
+        try:
+            store: OutboxStore = await self._call(
+                lambda: OutboxStore(
+                    self.path, max_bytes=self.max_bytes, fsync=self.fsync, ttl=self.ttl
+                )
+            )
+            self.store = store
+            logger.info(
+                "outbox %s open: %d message(s) waiting, %d bytes",
+                self.path,
+                store.stats.messages,
+                store.stats.bytes,
+            )
+            if store.stats.messages:
+                self.available.set()
+            ready()
+            await self._maintain()
+            next_maintenance = time.monotonic() + self.maintenance_interval
+            while True:
+                batch = await sub.get_batch(
+                    self.batch_max * 10, self.commit_interval, wake=self._ack_wake
+                )
+                if not batch:
+                    # only acknowledgements: let a few more gather before committing
+                    await asyncio.sleep(self.commit_interval)
+                self._ack_wake.clear()
+                await self._commit(batch)
+                if time.monotonic() >= next_maintenance:
+                    await self._maintain()
+                    next_maintenance = time.monotonic() + self.maintenance_interval
+        finally:
+            sub.close()
+            try:
+                await self._shutdown(sub)
+            finally:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    async def _shutdown(self, sub: Any) -> None:
+        """Commit what is still queued and close the file (runs during cancellation)."""
+        if self.store is None:
+            return
+        rest: list[Record] = []
+        while (record := sub.get_nowait()) is not None:
+            rest.append(record)
+        try:
+            await self._commit(rest)
+        finally:
+            store, self.store = self.store, None
+            await self._call(store.close)
+            self.available.clear()
+            self._inflight.clear()
+            logger.info("outbox closed")
+
+    async def _commit(self, records: Sequence[Record]) -> None:
+        acked = self._acked
+        if not records and not acked:
+            return
+        store = self._open_store()
+        self._acked = set()
+        self._deleting = acked
+        pending = pack(records, self.node, self.batch_max, time.time())
+        try:
+            evicted = await self._call(store.commit, pending, acked)
+        except BaseException:
+            # nothing was committed: the acks stay pending for the next commit
+            self._acked |= acked
+            raise
+        finally:
+            self._deleting = set()
+        if evicted:
+            await self._report_dropped("evicted", evicted)
+        if pending or store.stats.messages:
+            self.available.set()
+        self.committed.set()
+        self.committed.clear()
+
+    async def _maintain(self) -> None:
+        expired = await self._call(self._open_store().expire, time.time())
+        if expired:
+            await self._report_dropped("expired", expired)
+
+    async def _report_dropped(self, why: str, counts: dict[str, int]) -> None:
+        total = sum(counts.values())
+        logger.warning(
+            "outbox %s %d record(s) (%s)",
+            why,
+            total,
+            ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        )
+        event = Event(
+            kind="outbox.dropped",
+            source="outbox",
+            severity=Severity.WARNING,
+            message=f"{why} {total} record(s): the outbox was full or records were too old",
+            data={"reason": why, "records": dict(counts), "max_bytes": self.max_bytes},
+            node=self.node,
+        )
+        await self._call(self._open_store().commit, pack([event], self.node, 1, time.time()), ())
+
+    # --- the uplink's side -------------------------------------------------------------
+
+    async def next_messages(self, limit: int) -> list[Message]:
+        """Wait until messages are waiting to be sent, then return up to `limit`, marked
+        in flight. Call `ack` or `release` for each."""
+        while True:
+            if self.store is not None and self._executor is not None:
+                self.available.clear()
+                exclude = self._inflight | self._acked | self._deleting
+                msgs: list[Message] = await self._call(self.store.peek, limit, exclude)
+                # acks may have arrived while the thread worked
+                msgs = [
+                    m for m in msgs if m.seq not in self._inflight | self._acked | self._deleting
+                ]
+                if msgs:
+                    self._inflight.update(m.seq for m in msgs)
+                    return msgs
+            await self.available.wait()
+
+    def ack(self, msg: Message) -> None:
+        """The broker acknowledged `msg`: delete it with the next commit."""
+        self._inflight.discard(msg.seq)
+        self._acked.add(msg.seq)
+        self._ack_wake.set()
+        if self.store is not None:
+            self.store.stats.sent += 1
+
+    def release(self, msgs: Iterable[Message]) -> None:
+        """`msgs` were not acknowledged (connection lost): send them again later."""
+        for msg in msgs:
+            self._inflight.discard(msg.seq)
+        self.available.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.bus import Bus
+from gateway.outbox import Outbox, OutboxStore, Priority, pack
+from gateway.records import Event, Reading, Severity
+from gateway.supervisor import Ready
+
+
+def readings(device: str, n: int, start: int = 0) -> list[Reading]:
+    return [Reading(device=device, point="p", value=start + i) for i in range(n)]
+
+
+def store(path: Path, **kw: object) -> OutboxStore:
+    return OutboxStore(path / "outbox.db", max_bytes=kw.pop("max_bytes", 10**8), **kw)  # type: ignore[arg-type]
+
+
+def test_pack_groups_readings_per_device_and_keeps_order() -> None:
+    records = [*readings("a", 3), *readings("b", 2), *readings("a", 2, start=3)]
+    msgs = pack(records, "n1", batch_max=4, now=0)
+    assert [(m.topic, m.count) for m in msgs] == [
+        ("telemetry/a", 4),
+        ("telemetry/a", 1),
+        ("telemetry/b", 2),
+    ]
+    first = json.loads(msgs[0].body)
+    assert first["node"] == "n1"
+    assert first["device"] == "a"
+    assert [r["value"] for r in first["readings"]] == [0, 1, 2, 3]
+    assert len({r["id"] for r in first["readings"]}) == 4
+
+
+def test_events_are_sent_before_telemetry_and_sequence_numbers_are_never_reused(
+    tmp_path: Path,
+) -> None:
+    s = store(tmp_path)
+    alarm = Event(kind="alarm.manhole_open", source="mh1", severity=Severity.CRITICAL)
+    info = Event(kind="device.online", source="mh1")
+    s.commit(pack([*readings("a", 2), info, alarm], "n1", 10, 0), ())
+    msgs = s.peek(10, set())
+    assert [m.priority for m in msgs] == [Priority.ALARM, Priority.EVENT, Priority.TELEMETRY]
+    assert [m.topic for m in msgs] == [
+        "events/alarm.manhole_open",
+        "events/device.online",
+        "telemetry/a",
+    ]
+    payload = json.loads(msgs[0].payload())
+    assert payload["seq"] == msgs[0].seq
+    assert payload["id"] == alarm.id
+    # acknowledged messages are deleted; new ones get higher sequence numbers
+    s.commit([], [m.seq for m in msgs])
+    assert s.peek(10, set()) == []
+    s.commit(pack(readings("a", 1), "n1", 10, 0), ())
+    (later,) = s.peek(10, set())
+    assert later.seq > max(m.seq for m in msgs)
+    s.close()
+    # and after reopening the file
+    s = store(tmp_path)
+    s.commit(pack(readings("a", 1), "n1", 10, 0), ())
+    assert max(m.seq for m in s.peek(10, set())) > later.seq
+    s.close()
+
+
+def test_full_outbox_evicts_oldest_telemetry_first_and_counts_it(tmp_path: Path) -> None:
+    s = store(tmp_path, max_bytes=40_000)
+    alarm = Event(kind="alarm.flood", source="river", severity=Severity.CRITICAL)
+    s.commit(pack([alarm], "n1", 10, 0), ())
+    evicted_total = 0
+    for round_ in range(100):
+        evicted = s.commit(pack(readings("a", 5, start=round_ * 5), "n1", 5, 0), ())
+        evicted_total += evicted.get("telemetry", 0)
+    assert s.stats.bytes <= 40_000
+    assert evicted_total > 0
+    assert s.stats.evicted["telemetry"] == evicted_total
+    msgs = s.peek(1000, set())
+    # the alarm survived; what remains of the telemetry is the newest, in order
+    assert msgs[0].topic == "events/alarm.flood"
+    values = [r["value"] for m in msgs[1:] for r in json.loads(m.body)["readings"]]
+    assert values == list(range(500 - len(values), 500))
+    assert evicted_total + len(values) == 500
+    s.close()
+
+
+def test_ttl_expires_old_messages_per_class(tmp_path: Path) -> None:
+    s = store(
+        tmp_path, ttl={Priority.ALARM: 1000.0, Priority.EVENT: 100.0, Priority.TELEMETRY: 10.0}
+    )
+    alarm = Event(kind="alarm.x", source="s", severity=Severity.MAJOR)
+    s.commit(pack([alarm, Event(kind="info", source="s"), *readings("a", 3)], "n1", 10, 0), ())
+    assert s.expire(now=50) == {"telemetry": 3}
+    assert s.expire(now=500) == {"event": 1}
+    assert [m.priority for m in s.peek(10, set())] == [Priority.ALARM]
+    s.close()
+
+
+def test_rejects_a_file_from_newer_software(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "outbox.db")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(RuntimeError, match="schema 99 is newer"):
+        store(tmp_path)
+
+
+async def test_writer_commits_bus_records_and_deletes_after_ack(tmp_path: Path) -> None:
+    bus = Bus()
+    outbox = Outbox(tmp_path / "o.db", node="n1", bus=bus, commit_interval=0.01)
+    ready = asyncio.Event()
+    r: Ready = ready.set
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(outbox.run(r), name="outbox")
+        await asyncio.wait_for(ready.wait(), 5)
+        for reading in readings("a", 5):
+            await bus.publish(reading)
+        msgs = await asyncio.wait_for(outbox.next_messages(10), 5)
+        got = [r["value"] for m in msgs for r in json.loads(m.payload())["readings"]]
+        while len(got) < 5:
+            more = await asyncio.wait_for(outbox.next_messages(10), 5)
+            msgs += more
+            got += [r["value"] for m in more for r in json.loads(m.payload())["readings"]]
+        assert got == [0, 1, 2, 3, 4]
+        assert outbox.stats.accepted == 5
+        for m in msgs:
+            outbox.ack(m)
+        # an idle outbox still commits the deletions promptly
+        for _ in range(100):
+            if outbox.stats.messages == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert outbox.stats.messages == 0
+        assert outbox.stats.sent == len(msgs)
+        task.cancel()
+
+
+async def test_records_queued_at_shutdown_are_committed(tmp_path: Path) -> None:
+    bus = Bus()
+    outbox = Outbox(tmp_path / "o.db", node="n1", bus=bus, commit_interval=5.0)
+    ready = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(outbox.run(ready.set), name="outbox")
+        await asyncio.wait_for(ready.wait(), 5)
+        for reading in readings("a", 50):
+            await bus.publish(reading)
+        await asyncio.sleep(0)
+        task.cancel()
+    s = OutboxStore(tmp_path / "o.db", max_bytes=10**8)
+    values = [r["value"] for m in s.peek(100, set()) for r in json.loads(m.body)["readings"]]
+    s.close()
+    assert values == list(range(50))
+
+
+async def test_released_messages_are_offered_again_in_order(tmp_path: Path) -> None:
+    bus = Bus()
+    outbox = Outbox(tmp_path / "o.db", node="n1", bus=bus, commit_interval=0.01, batch_max=1)
+    ready = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(outbox.run(ready.set), name="outbox")
+        await asyncio.wait_for(ready.wait(), 5)
+        for reading in readings("a", 3):
+            await bus.publish(reading)
+        await asyncio.wait_for(outbox.committed.wait(), 5)
+        first = await outbox.next_messages(2)
+        assert outbox.inflight == 2
+        rest = await outbox.next_messages(5)
+        assert [m.seq for m in rest] == [first[-1].seq + 1]
+        outbox.ack(first[0])
+        outbox.release(first[1:] + rest)
+        again = await outbox.next_messages(5)
+        assert [m.seq for m in again] == [first[1].seq, rest[0].seq]
+        task.cancel()

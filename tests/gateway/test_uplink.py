@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from firmware_sim.broker import MosquittoBroker
+from gateway.app import Gateway
+from gateway.config import MqttSection, NodeConfig, NodeSection, OutboxSection, TlsSection
+from gateway.plugins import DriverRegistry
+from tests.helpers import CounterConfig, CounterDriver
+from tests.mqtt import collect, readings_of
+
+
+def registry() -> DriverRegistry:
+    reg = DriverRegistry()
+    reg.add(CounterDriver, "tests", "counter")
+    return reg
+
+
+def config(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    *devices: CounterConfig,
+    protocol: str = "5",
+    groups: tuple[str, ...] = (),
+) -> NodeConfig:
+    return NodeConfig(
+        node=NodeSection(id="n1", data_dir=tmp_path / "data", groups=list(groups)),
+        mqtt=MqttSection(
+            host=broker.host,
+            port=broker.port,
+            protocol=protocol,  # type: ignore[arg-type]
+            tls=TlsSection(enabled=False),
+            keepalive=5,
+        ),
+        outbox=OutboxSection(commit_interval=0.01, batch_max=20),
+        devices=list(devices),
+    )
+
+
+@asynccontextmanager
+async def running(cfg: NodeConfig) -> AsyncIterator[Gateway]:
+    gw = Gateway(cfg, registry=registry())
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(gw.run(handle_signals=False), name="gateway")
+        await asyncio.wait_for(gw.ready.wait(), 10)
+        try:
+            yield gw
+        finally:
+            gw.request_stop()
+
+
+async def test_readings_arrive_upstream_with_ids_sequence_and_birth_status(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    cfg = config(tmp_path, broker, CounterConfig(type="counter", id="c1", interval=0.005))
+    async with collect(broker, "cityneuron/v1/n1/#") as sub:
+        async with running(cfg) as gw:
+            await sub.wait(lambda: len(readings_of(sub, "c1")) >= 50)
+            assert gw.uplink is not None and gw.uplink.connected.is_set()
+        await sub.wait(lambda: any(m.json()["state"] == "offline" for m in sub.on("/status")))
+    states = [m.json()["state"] for m in sub.on("/status")]
+    assert states[0] == "online"
+    assert states[-1] == "offline"
+    msgs = [m.json() for m in sub.on("/telemetry/c1")]
+    seqs = [m["seq"] for m in msgs]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert all(m["node"] == "n1" and m["device"] == "c1" for m in msgs)
+    values = [r["value"] for r in readings_of(sub, "c1")]
+    assert values[: len(values)] == list(range(len(values)))
+    ids = [r["id"] for r in readings_of(sub, "c1")]
+    assert len(set(ids)) == len(ids)
+    assert all(m.properties.ContentType == "application/json" for m in sub.on("/telemetry/c1"))
+
+
+async def test_status_is_retained_for_late_subscribers(
+    tmp_path: Path, own_broker: MosquittoBroker
+) -> None:
+    cfg = config(tmp_path, own_broker)
+    async with running(cfg) as gw:
+        assert gw.uplink is not None
+        await asyncio.wait_for(gw.uplink.connected.wait(), 10)
+        # a client connecting later still learns the node's state
+        async with collect(own_broker, "cityneuron/v1/n1/status") as late:
+            await late.wait(lambda: bool(late.messages))
+            assert late.messages[0].retain
+            assert late.messages[0].json()["state"] == "online"
+
+
+async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
+    limit = 300
+    devices = [
+        CounterConfig(type="counter", id=f"c{i}", interval=0.01, limit=limit) for i in range(3)
+    ]
+    with MosquittoBroker(workdir=tmp_path, persistence=True) as broker:
+        cfg = config(tmp_path, broker, *devices)
+        async with (
+            collect(broker, "cityneuron/v1/n1/telemetry/#", persistent=True) as sub,
+            running(cfg) as gw,
+        ):
+            assert gw.uplink is not None and gw.outbox is not None
+            await sub.wait(lambda: len(readings_of(sub, "c0")) >= 20)
+            broker.stop()
+            await asyncio.sleep(1.5)  # the devices keep measuring meanwhile
+            assert not gw.uplink.connected.is_set()
+            backlog = gw.outbox.stats.messages
+            broker.start()
+            await sub.wait(
+                lambda: all(
+                    len({r["id"] for r in readings_of(sub, d.id)}) == limit for d in devices
+                ),
+                timeout=30,
+            )
+            assert gw.uplink.connects >= 2
+    assert backlog > 0
+    for device in devices:
+        first_value: dict[str, object] = {}
+        values = []
+        for r in readings_of(sub, device.id):
+            if r["id"] in first_value:
+                # a QoS 1 redelivery: same id, same content
+                assert first_value[r["id"]] == r["value"]
+                continue
+            first_value[r["id"]] = r["value"]
+            values.append(r["value"])
+        assert values == list(range(limit)), device.id
+
+
+async def _command(
+    broker: MosquittoBroker, topic: str, payload: bytes, *, v5: bool = True
+) -> dict[str, object]:
+    protocol = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+    async with collect(broker, "test/replies/#", protocol=protocol) as sub:
+        props = None
+        if v5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "test/replies/x"
+            props.CorrelationData = b"corr-42"
+        await sub.publish(topic, payload, properties=props)
+        await sub.wait(lambda: bool(sub.messages))
+        reply = sub.messages[0]
+        if v5:
+            assert reply.properties.CorrelationData == b"corr-42"
+        result: dict[str, object] = reply.json()
+        return result
+
+
+async def test_commands_get_replies_on_the_response_topic(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    cfg = config(tmp_path, broker, groups=("district-5",))
+    async with running(cfg) as gw:
+        assert gw.uplink is not None
+        await asyncio.wait_for(gw.uplink.connected.wait(), 10)
+        base = "cityneuron/v1/n1/cmd"
+        reply = await _command(broker, f"{base}/ping", b'{"id": "c1", "args": {"echo": 7}}')
+        assert reply["ok"] is True
+        assert reply["command_id"] == "c1"
+        assert reply["result"]["echo"] == 7  # type: ignore[index]
+
+        fleet = await _command(broker, "cityneuron/v1/fleet/district-5/cmd/ping", b"{}")
+        assert fleet["ok"] is True and fleet["node"] == "n1"
+
+        bad = await _command(broker, f"{base}/ping", b"{not json")
+        assert bad["ok"] is False
+        assert bad["error"]["code"] == "malformed"  # type: ignore[index]
+
+        unknown = await _command(broker, f"{base}/selfdestruct", b"{}")
+        assert unknown["error"]["code"] == "unknown_command"  # type: ignore[index]
+
+        big = await _command(
+            broker, f"{base}/ping", b'{"args": {"x": "' + b"a" * 2_000_000 + b'"}}'
+        )
+        assert big["error"]["code"] == "too_large"  # type: ignore[index]
+
+        write = await _command(
+            broker, f"{base}/write", b'{"args": {"device": "nope", "point": "p", "value": 1}}'
+        )
+        assert write["error"]["code"] == "unknown_device"  # type: ignore[index]
+        assert gw.commands.refused == 4
+
+
+async def test_mqtt_311_commands_reply_to_the_topic_in_the_payload(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    cfg = config(tmp_path, broker, protocol="3.1.1")
+    async with running(cfg) as gw:
+        assert gw.uplink is not None
+        await asyncio.wait_for(gw.uplink.connected.wait(), 10)
+        payload = json.dumps(
+            {"id": "k1", "reply_to": "test/replies/311", "correlation_id": "abc"}
+        ).encode()
+        reply = await _command(broker, "cityneuron/v1/n1/cmd/ping", payload, v5=False)
+    assert reply["ok"] is True
+    assert reply["correlation_id"] == "abc"
+
+
+@pytest.mark.parametrize("payload", [b"[]", b'{"args": 3}', b'{"id": 5}', b'{"colour": 1}'])
+async def test_malformed_commands_are_refused(
+    tmp_path: Path, broker: MosquittoBroker, payload: bytes
+) -> None:
+    cfg = config(tmp_path, broker)
+    async with running(cfg) as gw:
+        assert gw.uplink is not None
+        await asyncio.wait_for(gw.uplink.connected.wait(), 10)
+        reply = await _command(broker, "cityneuron/v1/n1/cmd/ping", payload)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "malformed"  # type: ignore[index]

@@ -1,0 +1,125 @@
+"""A real MQTT client that records what the node sends, for assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from firmware_sim.broker import MosquittoBroker
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: Any
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Collector:
+    """Subscribes to topics and keeps every message; `wait` blocks until a condition.
+
+    With `persistent`, it keeps an MQTT 3.1.1 session (clean_session false, fixed client
+    id) and reconnects when the broker goes away, so a broker with persistence queues
+    what arrives meanwhile, as a real back-end subscriber would.
+    """
+
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        topics: tuple[str, ...],
+        protocol: aiomqtt.ProtocolVersion,
+        persistent: bool,
+    ) -> None:
+        self.broker = broker
+        self.topics = topics
+        self.protocol = protocol
+        self.persistent = persistent
+        self.messages: list[Received] = []
+        self.client: aiomqtt.Client | None = None
+        self.subscribed = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError:
+                if not self.persistent:
+                    raise
+            self.client = None
+            self.subscribed.clear()
+            await asyncio.sleep(0.05)
+
+    async def _session(self) -> None:
+        kw: dict[str, Any] = {}
+        if self.persistent:
+            kw = {"identifier": "test-collector", "clean_session": False}
+        async with aiomqtt.Client(
+            self.broker.host, self.broker.port, protocol=self.protocol, **kw
+        ) as client:
+            for topic in self.topics:
+                await client.subscribe(topic, qos=1)
+            self.client = client
+            self.subscribed.set()
+            async for m in client.messages:
+                payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                self.messages.append(Received(str(m.topic), payload, m.retain, m.properties))
+                self._changed.set()
+
+    def on(self, suffix: str) -> list[Received]:
+        return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    def matching(self, predicate: Callable[[Received], bool]) -> list[Received]:
+        return [m for m in self.messages if predicate(m)]
+
+    async def publish(self, topic: str, payload: bytes, properties: Any = None) -> None:
+        assert self.client is not None
+        await self.client.publish(topic, payload, qos=1, properties=properties)
+
+    async def wait(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until `condition()` holds, re-checking on every message and every 50 ms."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.05)
+
+
+@asynccontextmanager
+async def collect(
+    broker: MosquittoBroker,
+    *topics: str,
+    protocol: aiomqtt.ProtocolVersion | None = None,
+    persistent: bool = False,
+) -> AsyncIterator[Collector]:
+    if persistent:
+        protocol = aiomqtt.ProtocolVersion.V311
+    collector = Collector(
+        broker, topics or ("cityneuron/#",), protocol or aiomqtt.ProtocolVersion.V5, persistent
+    )
+    async with asyncio.TaskGroup() as tg:
+        pump = tg.create_task(collector._pump(), name="test.mqtt-collector")
+        try:
+            await asyncio.wait_for(collector.subscribed.wait(), 10)
+            yield collector
+        finally:
+            pump.cancel()
+
+
+def readings_of(collector: Collector, device: str) -> list[dict[str, Any]]:
+    """Every reading received on the device's telemetry topic, in arrival order."""
+    out: list[dict[str, Any]] = []
+    for m in collector.on(f"/telemetry/{device}"):
+        out.extend(m.json()["readings"])
+    return out
