@@ -1,11 +1,34 @@
-"""cityneuron gateway: the daemon of a city neuron node."""
+"""cityneuron gateway: the daemon of a city neuron node.
 
-from gateway.bus import Bus, DropPolicy, Subscription
-from gateway.clock import Clock, SystemClock
-from gateway.config import ConfigError, NodeConfig, load_config
-from gateway.records import Detection, Event, Quality, Reading, Record, Severity, new_id
+Public names are re-exported here and imported on first use, so that importing one
+module (for example ``gateway.clock`` from a driver) does not load the whole daemon.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Bus": "gateway.bus",
+    "DropPolicy": "gateway.bus",
+    "Subscription": "gateway.bus",
+    "Clock": "gateway.clock",
+    "SystemClock": "gateway.clock",
+    "ConfigError": "gateway.config",
+    "NodeConfig": "gateway.config",
+    "load_config": "gateway.config",
+    "Gateway": "gateway.app",
+    "Detection": "gateway.records",
+    "Event": "gateway.records",
+    "Quality": "gateway.records",
+    "Reading": "gateway.records",
+    "Record": "gateway.records",
+    "Severity": "gateway.records",
+    "new_id": "gateway.records",
+}
 
 __all__ = [
     "Bus",
@@ -14,6 +37,7 @@ __all__ = [
     "Detection",
     "DropPolicy",
     "Event",
+    "Gateway",
     "NodeConfig",
     "Quality",
     "Reading",
@@ -25,3 +49,17 @@ __all__ = [
     "load_config",
     "new_id",
 ]
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.bus import Bus, DropPolicy, Subscription
+    from gateway.clock import Clock, SystemClock
+    from gateway.config import ConfigError, NodeConfig, load_config
+    from gateway.records import Detection, Event, Quality, Reading, Record, Severity, new_id
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

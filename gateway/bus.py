@@ -94,7 +94,10 @@ class Subscription:
         """Queue `record` according to the subscription's policy."""
         if self.policy is DropPolicy.BACKPRESSURE and self._queue.full():
             try:
-                await asyncio.wait_for(self._queue.put(record), self.max_wait)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the inner call completes
+                async with asyncio.timeout(self.max_wait):
+                    await self._queue.put(record)
             except TimeoutError:
                 self._drop(record)
             else:
@@ -164,8 +167,9 @@ class Subscription:
                 if remaining <= 0:
                     break
                 try:
-                    # safe: an item taken just as the timeout fires is returned, not lost
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    # a get() interrupted by the timeout leaves its item in the queue
+                    async with asyncio.timeout(remaining):
+                        item = await self._queue.get()
                 except TimeoutError:
                     break
             batch.append(item)

@@ -291,7 +291,7 @@ def validate_source(source: Source, model: type[NodeConfig]) -> NodeConfig:
             ]
         )
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"config_dir": str(Path(source.file).parent)})
     except ValidationError as exc:
         tags = _driver_tags(model)
         issues = []

@@ -36,6 +36,12 @@ def setup_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # third-party chatter stays at warning unless debugging
-    for noisy in ("pymodbus", "aiomqtt", "mqtt", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # third-party chatter stays quiet unless debugging: our drivers report failures once
+    # per state change, where pymodbus would log every timed-out request
+    for noisy, quiet in (
+        ("pymodbus", logging.CRITICAL),
+        ("aiomqtt", logging.WARNING),
+        ("mqtt", logging.WARNING),
+        ("asyncio", logging.WARNING),
+    ):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else quiet)

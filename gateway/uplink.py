@@ -166,10 +166,10 @@ class Uplink:
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """Orderly stop: say offline ourselves (the will is only sent on a lost link)."""
         try:
-            await asyncio.wait_for(
-                client.publish(self.topics.status, self._status("offline"), qos=1, retain=True),
-                2.0,
-            )
+            async with asyncio.timeout(2.0):
+                await client.publish(
+                    self.topics.status, self._status("offline"), qos=1, retain=True
+                )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             logger.debug("could not publish offline status: %r", exc)
 

@@ -1,0 +1,432 @@
+"""The Modbus driver: TCP and RTU devices described by profiles.
+
+Each device instance polls its poll groups on their intervals through the shared line
+of its connection. A device that stops answering costs its line one timeout and is then
+retried with backoff (1 s doubling to 60 s, jittered), so healthy devices on the same line
+keep their poll rate; its offline and online transitions are reported once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from drivers.api import Driver, DriverConfig, DriverContext, WriteError
+from drivers.modbus.codec import EncodeError, decode, encode
+from drivers.modbus.line import (
+    ExceptionCodeError,
+    LineError,
+    Link,
+    LinkDown,
+    ModbusLine,
+    RtuLink,
+    TcpLink,
+)
+from drivers.modbus.planner import ReadBlock, plan
+from drivers.modbus.profile import DataType, Point, Profile, ProfileError, Table, load_profile
+from gateway.config import Duration
+from gateway.records import Quality, Value
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_BACKOFF_MAX = 60.0
+BAD_POINT_RETRY = 300.0
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TcpConnection(_Model):
+    kind: Literal["tcp"] = Field(description="Modbus TCP (or a TCP-to-RTU gateway).")
+    host: str = Field(description="Device or gateway address.")
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
+
+
+class RtuConnection(_Model):
+    kind: Literal["rtu"] = Field(description="Modbus RTU on a serial line (RS-485).")
+    port: str = Field(description="Serial port; prefer stable paths such as /dev/serial/by-id/...")
+    baudrate: int = Field(default=9600, description="Line speed in bit/s.")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N, E or O.")
+    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits.")
+    bytesize: Literal[7, 8] = Field(default=8, description="Data bits.")
+
+
+class PollGroup(_Model):
+    name: str = Field(description="Name used in logs.")
+    interval: Duration = Field(gt=0, description="Time between polls, e.g. 500ms, 10s.")
+    points: list[str] = Field(min_length=1, description="Profile points polled at this rate.")
+
+
+class ReportConfig(_Model):
+    mode: Literal["on_change", "periodic", "both"] = Field(
+        default="both",
+        description="on_change: when a value moves by its deadband; periodic: every "
+        "period; both: either.",
+    )
+    period: Duration = Field(
+        default=300.0, gt=0, description="Longest time between two reports of a point."
+    )
+    deadband: float = Field(
+        default=0.0, ge=0, description="Default change needed for an on-change report."
+    )
+
+
+class ModbusConfig(DriverConfig):
+    """A Modbus device: which profile, where, and how often to read it."""
+
+    type: Literal["modbus"] = Field(description="Driver type.")
+    profile: str = Field(
+        description="Shipped profile name (e.g. manhole_cover) or path to a profile YAML."
+    )
+    unit: int = Field(ge=0, le=255, description="Modbus unit (slave) id.")
+    connection: Annotated[TcpConnection | RtuConnection, Field(discriminator="kind")] = Field(
+        description="How the device is reached."
+    )
+    timeout: Duration = Field(
+        default=1.0, gt=0, le=30, description="Time to wait for an answer (per line)."
+    )
+    poll_interval: Duration = Field(
+        default=5.0, gt=0, description="Poll interval of points not in a poll group."
+    )
+    poll_groups: list[PollGroup] = Field(
+        default_factory=list, description="Points polled at their own rates."
+    )
+    points: list[str] | None = Field(
+        default=None, description="Read only these profile points (all when unset)."
+    )
+    max_gap: int = Field(
+        default=8, ge=0, le=100, description="Unused registers a read may span to save requests."
+    )
+    max_block: int | None = Field(
+        default=None, ge=1, le=125, description="Largest read some devices accept."
+    )
+    report: ReportConfig = Field(default_factory=ReportConfig, description="When to report.")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_path(cls, value: str, info: ValidationInfo) -> str:
+        """Make a relative profile path relative to the config file, not the cwd."""
+        base = (info.context or {}).get("config_dir")
+        if base and ("/" in value or value.endswith((".yaml", ".yml"))):
+            path = Path(value)
+            if not path.is_absolute():
+                return str(Path(base) / path)
+        return value
+
+    @model_validator(mode="after")
+    def _check_profile(self) -> Self:
+        try:
+            profile = load_profile(self.profile)
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from None
+        names = set(profile.points)
+        wanted = [*(self.points or []), *(p for g in self.poll_groups for p in g.points)]
+        unknown = sorted({p for p in wanted if p not in names})
+        if unknown:
+            raise ValueError(
+                f"unknown point(s) {', '.join(unknown)} in profile {profile.name} "
+                f"(points: {', '.join(sorted(names))})"
+            )
+        if self.points is not None:
+            outside = sorted({p for g in self.poll_groups for p in g.points} - set(self.points))
+            if outside:
+                raise ValueError(f"poll group point(s) {', '.join(outside)} not in points")
+        seen: set[str] = set()
+        for group in self.poll_groups:
+            twice = seen & set(group.points)
+            if twice:
+                raise ValueError(f"point(s) {', '.join(sorted(twice))} in two poll groups")
+            seen |= set(group.points)
+        return self
+
+    def link(self) -> Link:
+        c = self.connection
+        if isinstance(c, TcpConnection):
+            return TcpLink(c.host, c.port)
+        return RtuLink(c.port, c.baudrate, c.parity, c.stopbits, c.bytesize)
+
+
+@dataclass
+class _Group:
+    name: str
+    interval: float
+    points: list[Point]
+    blocks: list[ReadBlock] = field(default_factory=list)
+    due: float = 0.0
+
+
+@dataclass
+class _Reported:
+    value: Value
+    quality: Quality
+    at: float
+
+
+class ModbusDriver(Driver):
+    """Polls one Modbus device (unit) through its shared line."""
+
+    type = "modbus"
+    config_model = ModbusConfig
+
+    def __init__(self, config: DriverConfig) -> None:
+        super().__init__(config)
+        if not isinstance(config, ModbusConfig):
+            raise TypeError("ModbusDriver needs a ModbusConfig")
+        self.cfg = config
+        self.profile: Profile = load_profile(config.profile)
+        self._bad: dict[str, float] = {}  # point -> when to try it again
+        self.groups = self._groups()
+        self.line: ModbusLine | None = None
+        self.online: bool | None = None
+        self.polls = 0
+        self.errors = 0
+        self._retry_at = 0.0
+        self._failures = 0
+        self._reported: dict[str, _Reported] = {}
+        self._wake = asyncio.Event()
+        self._ctx: DriverContext | None = None
+
+    def _groups(self) -> list[_Group]:
+        pts = self.profile.points
+        selected = self.cfg.points if self.cfg.points is not None else list(pts)
+        grouped = {p for g in self.cfg.poll_groups for p in g.points}
+        groups = [
+            _Group(g.name, g.interval, [pts[p] for p in g.points]) for g in self.cfg.poll_groups
+        ]
+        rest = [pts[p] for p in selected if p not in grouped]
+        if rest:
+            groups.append(_Group("default", self.cfg.poll_interval, rest))
+        for group in groups:
+            self._plan(group)
+        return groups
+
+    def _plan(self, group: _Group) -> None:
+        points = [p for p in group.points if p.name not in self._bad]
+        group.blocks = plan(points, self.cfg.max_gap, self.cfg.max_block)
+
+    # --- running ----------------------------------------------------------------------
+
+    async def run(self, ctx: DriverContext) -> None:
+        self._ctx = ctx
+        link = self.cfg.link()
+
+        async def make_line() -> ModbusLine:
+            return ModbusLine(link, self.cfg.timeout)
+
+        async with ctx.shared(link.key, make_line) as line:
+            if line.link != link:
+                ctx.set_online(
+                    False, f"connection settings differ from other devices on {link.key}"
+                )
+                raise LinkDown(f"{link.key}: conflicting settings {link} vs {line.link}")
+            self.line = line
+            try:
+                await self._loop(ctx)
+            finally:
+                self.line = None
+
+    async def _loop(self, ctx: DriverContext) -> None:
+        clock = ctx.clock
+        start = clock.monotonic()
+        # spread the first polls of devices over the first interval a little
+        for group in self.groups:
+            group.due = start
+        while True:
+            now = clock.monotonic()
+            for group in self.groups:
+                if group.due <= now:
+                    await self._poll(ctx, group)
+                    # keep the cadence; skip missed slots instead of bursting to catch up
+                    group.due += group.interval
+                    if group.due <= clock.monotonic():
+                        group.due = clock.monotonic() + group.interval
+            next_due = min(g.due for g in self.groups)
+            if self.online is False:
+                next_due = max(next_due, self._retry_at)
+            delay = max(0.0, next_due - clock.monotonic())
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            else:
+                for group in self.groups:
+                    group.due = min(group.due, clock.monotonic())
+
+    async def _poll(self, ctx: DriverContext, group: _Group) -> None:
+        now = ctx.clock.monotonic()
+        if self.online is False and now < self._retry_at:
+            return  # backing off: this device costs its line nothing meanwhile
+        self._retry_bad_points(group, now)
+        self.polls += 1
+        values: dict[str, tuple[Value, Quality]] = {}
+        try:
+            for block in list(group.blocks):
+                await self._read(group, block, values)
+        except LineError as exc:
+            self.errors += 1
+            self._went_offline(ctx, exc)
+            return
+        self._came_online(ctx)
+        await self._report(ctx, values)
+
+    async def _read(
+        self, group: _Group, block: ReadBlock, values: dict[str, tuple[Value, Quality]]
+    ) -> None:
+        if self.line is None:
+            raise LinkDown("the driver is not running")
+        try:
+            pdu = await self.line.call(lambda c: _read_request(c, block, self.cfg.unit))
+        except ExceptionCodeError as exc:
+            if exc.code not in (2, 3):
+                raise
+            halves = block.split()
+            if halves is None:
+                self._mark_bad(block.points[0], exc, values)
+                group.blocks.remove(block)
+                return
+            # the block spans something the device refuses: remember the split
+            idx = group.blocks.index(block)
+            group.blocks[idx : idx + 1] = list(halves)
+            for half in halves:
+                await self._read(group, half, values)
+            return
+        data = pdu.bits[: block.count] if block.table.is_bit else pdu.registers
+        for point in block.points:
+            raw = block.slice(point, data)
+            values[point.name] = (decode(point, self.profile, raw), Quality.GOOD)
+
+    def _mark_bad(
+        self, point: Point, exc: ExceptionCodeError, values: dict[str, tuple[Value, Quality]]
+    ) -> None:
+        if point.name not in self._bad and self._ctx is not None:
+            self._ctx.logger.warning(
+                "point %s (%s %d) refused by device %s: %s; retrying it every %gs",
+                point.name,
+                point.table.value,
+                point.start,
+                self.device_id,
+                exc,
+                BAD_POINT_RETRY,
+            )
+        self._bad[point.name] = time.monotonic() + BAD_POINT_RETRY
+        values[point.name] = (None, Quality.BAD)
+
+    def _retry_bad_points(self, group: _Group, now: float) -> None:
+        due = [p.name for p in group.points if self._bad.get(p.name, float("inf")) <= now]
+        if due:
+            for name in due:
+                del self._bad[name]
+            self._plan(group)
+
+    def _went_offline(self, ctx: DriverContext, exc: Exception) -> None:
+        self._failures += 1
+        delay = min(OFFLINE_BACKOFF_MAX, 2.0 ** (self._failures - 1)) * random.uniform(0.75, 1.0)
+        self._retry_at = ctx.clock.monotonic() + delay
+        if self.online is not False:
+            self.online = False
+            ctx.set_online(False, str(exc))
+        else:
+            ctx.logger.debug(
+                "device %s still offline (%s); next try in %.1fs", self.device_id, exc, delay
+            )
+
+    def _came_online(self, ctx: DriverContext) -> None:
+        self._failures = 0
+        if self.online is not True:
+            self.online = True
+            ctx.set_online(True)
+
+    async def _report(self, ctx: DriverContext, values: dict[str, tuple[Value, Quality]]) -> None:
+        now = ctx.clock.monotonic()
+        mode = self.cfg.report.mode
+        for name, (value, quality) in values.items():
+            point = self.profile.points[name]
+            last = self._reported.get(name)
+            if last is not None:
+                periodic = mode != "on_change" and now - last.at >= self.cfg.report.period
+                changed = mode != "periodic" and (
+                    quality != last.quality or self._changed(point, last.value, value)
+                )
+                if not (periodic or changed):
+                    continue
+            self._reported[name] = _Reported(value, quality, now)
+            await ctx.publish(ctx.reading(name, value, unit=point.unit, quality=quality))
+
+    def _changed(self, point: Point, old: Value, new: Value) -> bool:
+        deadband = point.deadband if point.deadband is not None else self.cfg.report.deadband
+        if (
+            deadband > 0
+            and isinstance(old, int | float)
+            and isinstance(new, int | float)
+            and not isinstance(old, bool)
+            and not isinstance(new, bool)
+        ):
+            return abs(new - old) >= deadband
+        return new != old
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def write(self, point: str, value: Any) -> None:
+        p = self.profile.points.get(point)
+        if p is None:
+            writable = sorted(n for n, q in self.profile.points.items() if q.writable)
+            raise WriteError(
+                self.device_id, point, f"no such point (writable: {', '.join(writable) or 'none'})"
+            )
+        if not p.writable:
+            raise WriteError(self.device_id, point, "point is read-only")
+        line = self.line
+        if line is None:
+            raise WriteError(self.device_id, point, "device is not running")
+        try:
+            async with line.lock:
+                current = None
+                if p.type is DataType.BIT:
+                    block = ReadBlock(p.table, p.start, 1, (p,))
+                    resp = await line._call_locked(  # read-modify-write under one lock
+                        lambda c: _read_request(c, block, self.cfg.unit)
+                    )
+                    current = int(resp.registers[0])
+                regs = encode(p, self.profile, value, current)
+                await line._call_locked(lambda c: _write_request(c, p, regs, self.cfg.unit))
+        except EncodeError as exc:
+            raise WriteError(self.device_id, point, str(exc)) from None
+        except LineError as exc:
+            raise WriteError(
+                self.device_id, point, f"device did not accept the write: {exc}"
+            ) from exc
+        if self._ctx is not None:
+            self._ctx.logger.info("wrote %s.%s = %r", self.device_id, point, value)
+        # read back soon so the new value is reported
+        self._reported.pop(point, None)
+        self._wake.set()
+
+
+async def _read_request(client: Any, block: ReadBlock, unit: int) -> Any:
+    fn = {
+        Table.COIL: client.read_coils,
+        Table.DISCRETE_INPUT: client.read_discrete_inputs,
+        Table.HOLDING_REGISTER: client.read_holding_registers,
+        Table.INPUT_REGISTER: client.read_input_registers,
+    }[block.table]
+    return await fn(block.start, count=block.count, device_id=unit)
+
+
+async def _write_request(client: Any, point: Point, regs: list[int], unit: int) -> Any:
+    if point.table is Table.COIL:
+        if point.write_multiple:
+            return await client.write_coils(point.start, [bool(regs[0])], device_id=unit)
+        return await client.write_coil(point.start, bool(regs[0]), device_id=unit)
+    if len(regs) == 1 and not point.write_multiple:
+        return await client.write_register(point.start, regs[0], device_id=unit)
+    return await client.write_registers(point.start, regs, device_id=unit)
