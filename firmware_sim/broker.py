@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -88,7 +89,9 @@ class MosquittoBroker:
                 else "persistence false\n"
             )
             + "max_queued_messages 100000\n"
-            f"log_dest file {self.log_path}\n"
+            # as root, mosquitto would switch to its own user, which cannot write here
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"{self.extra_config}\n",
             encoding="utf-8",
@@ -97,6 +100,8 @@ class MosquittoBroker:
             [mosquitto_binary(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # own session: a Ctrl-C meant for the node must not kill its simulated world
+            start_new_session=True,
         )
         if not wait_for_port(self.host, self.port, timeout):
             self.stop()

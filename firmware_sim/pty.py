@@ -43,6 +43,8 @@ class PtyPair:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # own session: a Ctrl-C meant for the node must not kill its simulated world
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while not (self.host.exists() and self.device.exists()):

@@ -12,6 +12,10 @@ def raise_if_cancelling() -> None:
     a cancellation arrives just as the inner awaitable completes; libraries built on it
     (pymodbus, aiomqtt) then carry on as if nothing happened. The request is still
     recorded on the task (`Task.cancelling()`), so checking after such calls restores it.
+
+    The count must be accurate for this to be safe. On Python 3.11 a `TaskGroup` whose
+    child fails after the body finished leaves a stale request behind, so in this code
+    base the body of every TaskGroup awaits until the group's work is done.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

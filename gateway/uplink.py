@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import gateway
+from gateway.cancel import raise_if_cancelling
 from gateway.commands import CommandRouter, Reply
 from gateway.config import MqttSection
 from gateway.outbox import Message, Outbox
@@ -147,14 +148,18 @@ class Uplink:
 
     async def _session(self, tls: ssl.SSLContext | None) -> None:
         async with self._client(tls) as client:
-            self._up()
             try:
                 await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
                 for topic in self.topics.commands:
                     await client.subscribe(topic, qos=1)
+                raise_if_cancelling()  # aiomqtt's wait_for may have swallowed a stop
+                self._up()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._send_loop(client, tg), name="uplink.send")
-                    tg.create_task(self._command_loop(client), name="uplink.commands")
+                    # the body itself must wait: on Python 3.11 a TaskGroup whose child
+                    # fails while the body is already leaving never clears the
+                    # cancellation it requested, and this task would later look cancelled
+                    await self._command_loop(client)
             except asyncio.CancelledError:
                 await self._goodbye(client)
                 raise

@@ -1,0 +1,144 @@
+"""The `cityneuron` command, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.broker import MosquittoBroker
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = [sys.executable, "-m", "gateway.cli"]
+
+
+def cli(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [*EXE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, **kw
+    )
+
+
+def test_version() -> None:
+    result = cli("version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("cityneuron 0.1.0 (driver API 1.0")
+
+
+def test_check_config_accepts_the_example_with_one_summary_line() -> None:
+    result = cli("check-config", "examples/node.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [
+        "examples/node.yaml: OK - node lamp-post-17, 4 modbus, mqtt mqtt.city.example:8883"
+    ]
+
+
+def test_check_config_lists_every_problem_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "node:\n  id: n1\n  colour: red\n"
+        "devices:\n"
+        "  - type: modbus\n    id: m1\n    profile: manhole_cover\n    unit: 300\n"
+        "    connection: {kind: tcp, host: h}\n"
+        "  - type: modbus\n    id: m2\n    profile: no_such_profile\n    unit: 1\n"
+        "    connection: {kind: tcp, host: h}\n"
+        "    poll_groups: [{name: g, interval: 1s, points: [lid]}]\n",
+        encoding="utf-8",
+    )
+    result = cli("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        f"error: {path}:3:3: node.colour: unknown key (not allowed here; check spelling "
+        "and indentation)"
+    )
+    assert lines[1].startswith(f"error: {path}:8:5: devices[0].unit: Input should be less than")
+    assert lines[2].startswith(f"error: {path}:10:5: devices[1]: Value error, no shipped profile")
+    assert len(lines) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("node: [1, 2\n", ":2:1: invalid YAML"),
+        ("node: {id: n1}\nmqtt: {host: b, port: abc}\n", ":2:17: mqtt.port: Input should be"),
+    ],
+)
+def test_check_config_malformed_never_tracebacks(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = cli("check-config", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {path}{expected}")
+
+
+def test_check_config_missing_file() -> None:
+    result = cli("check-config", "/nonexistent/node.yaml")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: /nonexistent/node.yaml: file not found\n",
+    )
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, broker: MosquittoBroker) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"node: {{id: n1, data_dir: {tmp_path / 'data'}}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}}}}\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [*EXE, "run", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        log = ""
+        assert proc.stderr is not None
+        while "connected to broker" not in log and time.monotonic() < deadline:
+            log += proc.stderr.readline()
+        assert "connected to broker" in log
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "stopping node n1" in err
+    assert "outbox closed" in err
+    assert time.monotonic() - started < 10
+
+
+def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("node: {}\n", encoding="utf-8")
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {config}:1:1: node.id: required key is missing\n"
+
+
+def test_demo_shows_readings_arriving_upstream_and_stops(tmp_path: Path) -> None:
+    result = cli("demo", "--duration", "6", "--workdir", str(tmp_path), timeout=90)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "status     demo-lamp-17 is online" in out
+    assert "telemetry  manhole-1" in out
+    assert "telemetry  river-gauge" in out
+    assert "EVENT      hydrant-7" in out
+    assert "status     demo-lamp-17 is offline" in out
+    assert "0 message(s) left in the outbox" in out
+    assert (tmp_path / "node.yaml").exists()
