@@ -120,6 +120,9 @@ class MqttSection(Section):
     max_inflight: int = Field(
         default=8, ge=1, le=10, description="QoS 1 publishes awaiting PUBACK at once."
     )
+    reconnect_max: Duration = Field(
+        default=60.0, ge=0.1, le=3600, description="Longest wait between reconnect attempts."
+    )
     max_command_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest command payload accepted."
     )

@@ -27,12 +27,13 @@ All SQLite work happens on one thread owned by the outbox; the event loop never 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROW_OVERHEAD = 96  # bytes of index and row header counted per message against the budget
+REPORT_RESERVE = 2048  # room kept for the outbox.dropped event that reports an eviction
 SCHEMA_VERSION = 1
 
 
@@ -81,6 +83,9 @@ class Message:
     def payload(self) -> bytes:
         """The JSON sent upstream: the body with the sequence number added."""
         return b'{"seq":%d,' % self.seq + self.body[1:]
+
+
+Reporter = Callable[[str, dict[str, int]], list["_Pending"]]
 
 
 @dataclass
@@ -222,79 +227,115 @@ class OutboxStore:
         self.stats.messages = total_n
         self.stats.bytes = total_b
 
-    def commit(self, pending: Sequence[_Pending], acked: Iterable[int]) -> dict[str, int]:
-        """Insert `pending`, delete `acked`, enforce the budget; returns evictions by
-        class (already counted in `stats`)."""
-        evicted: dict[str, int] = defaultdict(int)
+    def commit(
+        self,
+        pending: Sequence[_Pending],
+        acked: Iterable[int],
+        *,
+        protect: Collection[int] = (),
+        reporter: Reporter | None = None,
+    ) -> dict[str, int]:
+        """Insert `pending`, delete `acked` and enforce the budget, in one transaction.
+
+        Evictions spare `protect` (messages in flight). If any happen, the message that
+        `reporter` makes of them is stored in the same transaction, in room reserved for
+        it, so that the report is exact. Returns the evictions by class.
+        """
+        evicted: dict[str, int] = {}
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             acked = list(acked)
             if acked:
                 cur.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s in acked])
-            cur.executemany(
-                "INSERT INTO messages (id, priority, topic, stream, body, count, size, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        p.id,
-                        int(p.priority),
-                        p.topic,
-                        p.stream,
-                        p.body,
-                        p.count,
-                        len(p.body) + ROW_OVERHEAD,
-                        p.created,
-                    )
-                    for p in pending
-                ],
-            )
+            self._insert(cur, pending)
             used = cur.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
             if used > self.max_bytes:
-                evicted = self._evict(cur, used - self.max_bytes)
+                reserve = REPORT_RESERVE if reporter is not None else 0
+                evicted = self._evict(cur, used - self.max_bytes + reserve, protect)
+                if evicted and reporter is not None:
+                    self._insert(cur, reporter("evicted", evicted))
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+        for name, n in evicted.items():
+            self.stats.evicted[name] += n
         self.stats.accepted += sum(p.count for p in pending)
         self._refresh_stats()
         return evicted
 
-    def _evict(self, cur: sqlite3.Cursor, excess: int) -> dict[str, int]:
+    @staticmethod
+    def _insert(cur: sqlite3.Cursor, pending: Sequence[_Pending]) -> None:
+        cur.executemany(
+            "INSERT INTO messages (id, priority, topic, stream, body, count, size, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    p.id,
+                    int(p.priority),
+                    p.topic,
+                    p.stream,
+                    p.body,
+                    p.count,
+                    len(p.body) + ROW_OVERHEAD,
+                    p.created,
+                )
+                for p in pending
+            ],
+        )
+
+    @staticmethod
+    def _evict(cur: sqlite3.Cursor, excess: int, protect: Collection[int]) -> dict[str, int]:
         """Delete the oldest messages of the lowest classes until `excess` bytes are freed."""
-        evicted: dict[str, int] = defaultdict(int)
+        evicted: dict[str, int] = {}
         freed = 0
         for prio in sorted(Priority, reverse=True):
-            if freed >= excess:
-                break
-            rows = cur.execute(
-                "SELECT seq, size, count FROM messages WHERE priority = ? ORDER BY seq",
-                (int(prio),),
-            ).fetchall()
-            victims = []
-            for seq, size, count in rows:
-                if freed >= excess:
+            after = 0
+            while freed < excess:
+                rows = cur.execute(
+                    "SELECT seq, size, count FROM messages WHERE priority = ? AND seq > ?"
+                    " ORDER BY seq LIMIT 500",
+                    (int(prio), after),
+                ).fetchall()
+                if not rows:
                     break
-                victims.append((seq,))
-                freed += size
-                evicted[prio.name.lower()] += count
-            cur.executemany("DELETE FROM messages WHERE seq = ?", victims)
-        for name, n in evicted.items():
-            self.stats.evicted[name] += n
+                victims = []
+                for seq, size, count in rows:
+                    after = seq
+                    if seq in protect:
+                        continue
+                    victims.append((seq,))
+                    freed += size
+                    name = prio.name.lower()
+                    evicted[name] = evicted.get(name, 0) + count
+                    if freed >= excess:
+                        break
+                cur.executemany("DELETE FROM messages WHERE seq = ?", victims)
         return evicted
 
-    def expire(self, now: float) -> dict[str, int]:
-        """Delete messages older than their class's time to live."""
+    def expire(self, now: float, reporter: Reporter | None = None) -> dict[str, int]:
+        """Delete messages older than their class's time to live (and store the report)."""
         expired: dict[str, int] = {}
-        for prio, ttl in self.ttl.items():
-            cur = self.db.execute(
-                "DELETE FROM messages WHERE priority = ? AND created < ? RETURNING count",
-                (int(prio), now - ttl),
-            )
-            n = sum(row[0] for row in cur.fetchall())
-            if n:
-                expired[prio.name.lower()] = n
-                self.stats.expired[prio.name.lower()] += n
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for prio, ttl in self.ttl.items():
+                cur.execute(
+                    "DELETE FROM messages WHERE priority = ? AND created < ? RETURNING count",
+                    (int(prio), now - ttl),
+                )
+                n = sum(row[0] for row in cur.fetchall())
+                if n:
+                    expired[prio.name.lower()] = n
+            if expired and reporter is not None:
+                self._insert(cur, reporter("expired", expired))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        for name, n in expired.items():
+            self.stats.expired[name] += n
         if expired:
             self._refresh_stats()
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -447,26 +488,32 @@ class Outbox:
         self._deleting = acked
         pending = pack(records, self.node, self.batch_max, time.time())
         try:
-            evicted = await self._call(store.commit, pending, acked)
+            await self._call(
+                functools.partial(
+                    store.commit,
+                    pending,
+                    acked,
+                    protect=frozenset(self._inflight),
+                    reporter=self._report_dropped,
+                )
+            )
         except BaseException:
             # nothing was committed: the acks stay pending for the next commit
             self._acked |= acked
             raise
         finally:
             self._deleting = set()
-        if evicted:
-            await self._report_dropped("evicted", evicted)
         if pending or store.stats.messages:
             self.available.set()
         self.committed.set()
         self.committed.clear()
 
     async def _maintain(self) -> None:
-        expired = await self._call(self._open_store().expire, time.time())
-        if expired:
-            await self._report_dropped("expired", expired)
+        await self._call(self._open_store().expire, time.time(), self._report_dropped)
+        self.available.set()
 
-    async def _report_dropped(self, why: str, counts: dict[str, int]) -> None:
+    def _report_dropped(self, why: str, counts: dict[str, int]) -> list[_Pending]:
+        """The `outbox.dropped` event for `counts` (called inside the store's transaction)."""
         total = sum(counts.values())
         logger.warning(
             "outbox %s %d record(s) (%s)",
@@ -482,7 +529,7 @@ class Outbox:
             data={"reason": why, "records": dict(counts), "max_bytes": self.max_bytes},
             node=self.node,
         )
-        await self._call(self._open_store().commit, pack([event], self.node, 1, time.time()), ())
+        return pack([event], self.node, 1, time.time())
 
     # --- the uplink's side -------------------------------------------------------------
 

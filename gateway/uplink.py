@@ -34,12 +34,10 @@ from gateway.supervisor import Ready
 
 logger = logging.getLogger(__name__)
 
-MAX_BACKOFF = 60.0
 
-
-def backoff(attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds before reconnect attempt `attempt` (1-based): jittered, capped at 60 s."""
-    return min(MAX_BACKOFF, (rng or random).uniform(0.5, 1.0) * 1.5 ** min(attempt, 20))
+def backoff(attempt: int, cap: float = 60.0, rng: random.Random | None = None) -> float:
+    """Seconds before reconnect attempt `attempt` (1-based): jittered, capped at `cap`."""
+    return min(cap, (rng or random).uniform(0.5, 1.0) * 1.5 ** min(attempt, 20))
 
 
 class Topics:
@@ -94,6 +92,11 @@ class Uplink:
         self._down_since: float | None = None
         self._attempts = 0
 
+    @property
+    def inflight(self) -> int:
+        """Messages published and awaiting their PUBACK."""
+        return len(self._inflight)
+
     # --- connection --------------------------------------------------------------------
 
     async def run(self, ready: Ready) -> None:
@@ -105,7 +108,7 @@ class Uplink:
             except* (aiomqtt.MqttError, OSError) as group:
                 self._lost(group.exceptions[0])
             self._attempts += 1
-            await asyncio.sleep(backoff(self._attempts))
+            await asyncio.sleep(backoff(self._attempts, self.config.reconnect_max))
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self.config.tls

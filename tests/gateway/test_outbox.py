@@ -173,3 +173,52 @@ async def test_released_messages_are_offered_again_in_order(tmp_path: Path) -> N
         again = await outbox.next_messages(5)
         assert [m.seq for m in again] == [first[1].seq, rest[0].seq]
         task.cancel()
+
+
+def test_eviction_report_is_stored_with_the_eviction_and_is_exact(tmp_path: Path) -> None:
+    s = store(tmp_path, max_bytes=30_000)
+    reports: list[dict[str, int]] = []
+
+    def reporter(why: str, counts: dict[str, int]) -> list:  # type: ignore[type-arg]
+        reports.append(dict(counts))
+        event = Event(kind="outbox.dropped", source="outbox", data={"why": why, **counts})
+        return pack([event], "n1", 1, 0)
+
+    in_flight = None
+    for round_ in range(60):
+        s.commit(
+            pack(readings("a", 5, start=round_ * 5), "n1", 5, 0),
+            (),
+            protect={in_flight} if in_flight else (),
+            reporter=reporter,
+        )
+        if in_flight is None:
+            in_flight = s.peek(1, set())[0].seq
+        assert s.stats.bytes <= 30_000
+    msgs = s.peek(1000, set())
+    stored = [json.loads(m.body)["data"] for m in msgs if m.topic == "events/outbox.dropped"]
+    assert sum(r["telemetry"] for r in stored) == sum(r["telemetry"] for r in reports)
+    assert sum(r["telemetry"] for r in reports) == s.stats.evicted["telemetry"]
+    # the message being sent was never evicted, and so is still there
+    assert in_flight in {m.seq for m in msgs}
+    s.close()
+
+
+def test_expiry_report_is_stored(tmp_path: Path) -> None:
+    s = store(
+        tmp_path, ttl={Priority.ALARM: 100.0, Priority.EVENT: 100.0, Priority.TELEMETRY: 10.0}
+    )
+    s.commit(pack(readings("a", 4), "n1", 2, 0), ())
+
+    def reporter(why: str, counts: dict[str, int]) -> list:  # type: ignore[type-arg]
+        return pack(
+            [Event(kind="outbox.dropped", source="outbox", data={"why": why, **counts})],
+            "n1",
+            1,
+            50,
+        )
+
+    assert s.expire(now=50, reporter=reporter) == {"telemetry": 4}
+    (report,) = s.peek(10, set())
+    assert json.loads(report.body)["data"] == {"why": "expired", "telemetry": 4}
+    s.close()

@@ -15,6 +15,7 @@ from firmware_sim.broker import MosquittoBroker
 from gateway.app import Gateway
 from gateway.config import MqttSection, NodeConfig, NodeSection, OutboxSection, TlsSection
 from gateway.plugins import DriverRegistry
+from gateway.records import Event, Severity
 from tests.helpers import CounterConfig, CounterDriver
 from tests.mqtt import collect, readings_of
 
@@ -216,3 +217,70 @@ async def test_malformed_commands_are_refused(
         reply = await _command(broker, "cityneuron/v1/n1/cmd/ping", payload)
     assert reply["ok"] is False
     assert reply["error"]["code"] == "malformed"  # type: ignore[index]
+
+
+async def test_full_outbox_during_a_long_outage_keeps_alarms_and_reports_evictions(
+    tmp_path: Path,
+) -> None:
+    limit = 4000
+    devices = [
+        CounterConfig(type="counter", id=f"c{i}", interval=0.0005, limit=limit) for i in range(4)
+    ]
+    broker = MosquittoBroker(workdir=tmp_path)  # not started yet: a long outage
+    cfg = config(tmp_path, broker, *devices)
+    cfg = cfg.model_copy(
+        update={
+            "outbox": OutboxSection(commit_interval=0.02, batch_max=50, max_bytes=1024 * 1024),
+            "mqtt": cfg.mqtt.model_copy(update={"reconnect_max": 1.0}) if cfg.mqtt else None,
+        }
+    )
+    try:
+        async with running(cfg) as gw:
+            assert gw.outbox is not None and gw.uplink is not None
+            for n in range(10):
+                await gw.bus.publish(
+                    Event(
+                        kind="alarm.flood",
+                        source="river",
+                        severity=Severity.CRITICAL,
+                        data={"n": n},
+                        node="n1",
+                    )
+                )
+                await asyncio.sleep(0.05)
+            # wait until every counter has finished producing into the full outbox
+            while any(d.ctx.published < limit for d in gw.drivers.values()):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
+            evicted = gw.outbox.stats.evicted.get("telemetry", 0)
+            assert evicted > 0
+            assert gw.outbox.stats.bytes <= 1024 * 1024
+            broker.start()
+            async with collect(broker, "cityneuron/v1/n1/#") as sub:
+                await sub.wait(
+                    lambda: (
+                        gw.outbox.stats.messages == 0 and gw.uplink.inflight == 0
+                        if gw.outbox and gw.uplink
+                        else False
+                    ),
+                    timeout=60,
+                )
+            assert [s.state.value for s in gw.supervisors].count("running") == len(
+                gw.supervisors
+            ) - 4
+    finally:
+        broker.close()
+    # the broker held retained status only; everything else came from the outbox drain
+    alarms = [m.json()["data"]["n"] for m in sub.on("/events/alarm.flood")]
+    assert sorted(alarms) == list(range(10))
+    dropped = [m.json() for m in sub.on("/events/outbox.dropped")]
+    assert dropped
+    reported = sum(d["data"]["records"].get("telemetry", 0) for d in dropped)
+    assert reported == evicted
+    received = 0
+    for device in devices:
+        values = [r["value"] for r in readings_of(sub, device.id)]
+        received += len(values)
+        # the oldest went first: what is left of each device is its newest readings
+        assert values == list(range(limit - len(values), limit))
+    assert received + evicted == limit * len(devices)

@@ -39,7 +39,7 @@ class Harness:
         """Poll `condition` until it holds; on timeout say what was seen."""
         try:
             async with asyncio.timeout(timeout):
-                while not condition():  # noqa: ASYNC110 - the drivers change state, not us
+                while not condition():
                     await asyncio.sleep(0.02)
         except TimeoutError:
             seen = {d: (drv.online, drv.polls, self.latest(d)) for d, drv in self.drivers.items()}
