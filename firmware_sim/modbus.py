@@ -5,9 +5,11 @@ read-only points come from a *sensor model* (a function of time) on every read; 
 points keep what a client wrote. The encoding of values into registers here is written
 independently of the driver's codec (plain `struct`), so the two check each other.
 
-Fault injection: `dead` (the slave stops answering: the request times out), `holes`
-(addresses this firmware does not implement: *illegal data address*), `delay` (slow
-answers).
+Fault injection: per slave `dead` (the slave stops answering: the request times out),
+`holes` (addresses this firmware does not implement: *illegal data address*), `fail_with`
+(answer every request with that exception code, e.g. 6 *device busy*), `delay` (slow
+answers); per server `corrupt(n)` (the next n answers are garbled on the wire) and
+`drop_connections()` (TCP: close every client connection, as a gateway reboot does).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def to_registers(point: Point, profile: Profile, value: Any) -> list[int]:
         fmt = _STRUCT[point.type]
         data = struct.pack(">" + fmt, raw if fmt in "fd" else round(raw))
     words = [data[i : i + 2] for i in range(0, len(data), 2)]
-    if (point.word_order or profile.word_order) == "little":
+    if (point.word_order or profile.word_order) == "little" and point.type is not DataType.STRING:
         words.reverse()
     if (point.byte_order or profile.byte_order) == "little":
         words = [w[::-1] for w in words]
@@ -79,7 +81,7 @@ def from_registers(point: Point, profile: Profile, registers: Sequence[int]) -> 
     words = [r.to_bytes(2, "big") for r in registers]
     if (point.byte_order or profile.byte_order) == "little":
         words = [w[::-1] for w in words]
-    if (point.word_order or profile.word_order) == "little":
+    if (point.word_order or profile.word_order) == "little" and point.type is not DataType.STRING:
         words.reverse()
     data = b"".join(words)
     if point.type is DataType.STRING:
@@ -98,6 +100,8 @@ class SimSlave:
     clock: Callable[[], float] = field(default=lambda: asyncio.get_running_loop().time())
     dead: bool = False
     delay: float = 0.0
+    fail_with: int | None = None
+    fill_gaps: bool = False  # unused addresses between points read as 0, not as errors
     holes: set[tuple[Table, int]] = field(default_factory=set)
     requests: int = 0
     writes: list[tuple[str, Any]] = field(default_factory=list)
@@ -114,6 +118,11 @@ class SimSlave:
             else:
                 for a in range(point.start, point.end):
                     self.regs[point.table][a] = 0
+        if self.fill_gaps:
+            for regs in self.regs.values():
+                if regs:
+                    for a in range(max(regs)):
+                        regs.setdefault(a, 0)
         self._t0: float | None = None
 
     # --- values ---------------------------------------------------------------------
@@ -214,6 +223,8 @@ class SimSlave:
         self.requests += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.fail_with is not None:
+            return ExcCodes(self.fail_with)
         table = _FC_TABLE[function_code]
         if any((table, a) in self.holes for a in range(address, address + count)):
             return ExcCodes.ILLEGAL_ADDRESS
@@ -272,7 +283,26 @@ class ModbusSimServer:
         self.port = port
         self.serial_port = serial_port
         self.baudrate = baudrate
+        self.corrupted = 0
+        self._corrupt_next = 0
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
+
+    def corrupt(self, n: int = 1) -> None:
+        """Garble the next `n` answers (one byte flipped: a CRC or framing error)."""
+        self._corrupt_next += n
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if sending and self._corrupt_next > 0 and len(data) > 2:
+            self._corrupt_next -= 1
+            self.corrupted += 1
+            return data[:-1] + bytes([data[-1] ^ 0x5A])
+        return data
+
+    def drop_connections(self) -> None:
+        """Close every client connection (TCP), as when a Modbus gateway reboots."""
+        if self._server is not None:
+            for conn in list(self._server.active_connections.values()):
+                conn.close()
 
     async def start(self) -> None:
         devices = [s.simdevice() for s in self.slaves.values()]
@@ -292,6 +322,7 @@ class ModbusSimServer:
                 port=self.serial_port,
                 baudrate=self.baudrate,
                 ignore_missing_devices=True,
+                trace_packet=self._trace,
             )
         else:
             if not self.port:
@@ -299,7 +330,10 @@ class ModbusSimServer:
 
                 self.port = free_port(self.host)
             self._server = ModbusTcpServer(
-                devices, address=(self.host, self.port), ignore_missing_devices=True
+                devices,
+                address=(self.host, self.port),
+                ignore_missing_devices=True,
+                trace_packet=self._trace,
             )
         await self._server.serve_forever(background=True)
 

@@ -8,6 +8,7 @@ are done here.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -62,11 +63,13 @@ def decode(point: Point, profile: Profile, data: Sequence[int] | Sequence[bool])
     registers = _swap([int(r) for r in data], profile.byte_order_of(point))
     if point.type is DataType.BIT:
         return bool((registers[0] >> (point.bit or 0)) & 1)
+    if point.type is DataType.STRING:
+        # a device's text is not trusted to be UTF-8: undecodable bytes become U+FFFD
+        data = b"".join(r.to_bytes(2, "big") for r in registers)
+        return data.decode("utf-8", errors="replace").rstrip("\x00 ")
     raw = ModbusClientMixin.convert_from_registers(
         registers, _PYMODBUS_TYPE[point.type], word_order=profile.word_order_of(point)
     )
-    if point.type is DataType.STRING:
-        return str(raw).rstrip("\x00 ")
     if isinstance(raw, float):
         if not math.isfinite(raw):
             return None
@@ -141,3 +144,80 @@ def _encode_number(point: Point, profile: Profile, value: Any) -> list[int]:
         raw, _PYMODBUS_TYPE[point.type], word_order=profile.word_order_of(point)
     )
     return _swap(registers, profile.byte_order_of(point))
+
+
+_FAST_FMT = {
+    DataType.INT16: ">h",
+    DataType.UINT16: ">H",
+    DataType.INT32: ">i",
+    DataType.UINT32: ">I",
+    DataType.INT64: ">q",
+    DataType.UINT64: ">Q",
+    DataType.FLOAT32: ">f",
+    DataType.FLOAT64: ">d",
+}
+
+
+class BlockDecoder:
+    """Decodes the points of one read block; built once per block.
+
+    `raw` turns a response into one comparable item per point: for the common layout
+    (big-endian bytes and words, no overlap) all such points come out of a single
+    `struct.unpack_from` over the block; other points keep their registers and go through
+    `decode`. `value` then turns one raw item into the point's value, exactly as `decode`
+    would. Comparing raw tuples lets the driver skip points whose registers did not change.
+    """
+
+    def __init__(self, points: Sequence[Point], start: int, profile: Profile) -> None:
+        self.profile = profile
+        self._bits = bool(points) and points[0].type is DataType.BOOL
+        fast: list[Point] = []
+        slow: list[Point] = []
+        fmt = ">"
+        cursor = 0  # registers into the block covered by the format so far
+        for p in sorted(points, key=lambda q: q.start):
+            offset = p.start - start
+            if (
+                not self._bits
+                and p.type in _FAST_FMT
+                and profile.byte_order_of(p) == "big"
+                and profile.word_order_of(p) == "big"
+                and offset >= cursor
+            ):
+                if offset > cursor:
+                    fmt += f"{(offset - cursor) * 2}x"
+                fmt += _FAST_FMT[p.type][1]
+                cursor = offset + p.count
+                fast.append(p)
+            else:
+                slow.append(p)
+        self.points: list[Point] = fast + slow
+        self._struct = struct.Struct(fmt) if fast else None
+        self._slow = [(p.start - start, p.count) for p in slow]
+        self._nfast = len(fast)
+
+    def raw(self, data: Sequence[int] | Sequence[bool]) -> tuple[Any, ...]:
+        """One comparable item per point of `points`, in that order."""
+        if self._bits:
+            return tuple(bool(data[o]) for o, _ in self._slow)
+        head: tuple[Any, ...] = ()
+        if self._struct is not None:
+            buf = struct.pack(f">{len(data)}H", *data)
+            head = self._struct.unpack_from(buf)
+        return head + tuple(tuple(data[o : o + n]) for o, n in self._slow)
+
+    def value(self, index: int, raw: Any) -> Value:
+        """The value of point number `index` from its raw item."""
+        p = self.points[index]
+        if index >= self._nfast:
+            return decode(p, self.profile, raw if isinstance(raw, tuple) else (raw,))
+        if isinstance(raw, float):
+            if not math.isfinite(raw):
+                return None
+            if p.type is DataType.FLOAT32:
+                raw = float(f"{raw:.7g}")
+        return _scaled(p, raw)
+
+    def __call__(self, data: Sequence[int] | Sequence[bool]) -> list[tuple[Point, Value]]:
+        """Every point with its value."""
+        return [(self.points[i], self.value(i, r)) for i, r in enumerate(self.raw(data))]

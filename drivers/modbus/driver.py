@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from drivers.api import Driver, DriverConfig, DriverContext, WriteError
-from drivers.modbus.codec import EncodeError, decode, encode
+from drivers.modbus.codec import BlockDecoder, EncodeError, encode
 from drivers.modbus.line import (
     ExceptionCodeError,
     LineError,
@@ -164,6 +164,16 @@ class _Group:
 
 
 @dataclass
+class _BlockState:
+    """What the driver remembers about one read block between polls."""
+
+    decoder: BlockDecoder
+    last_raw: tuple[Any, ...] | None = None
+    next_periodic: float = 0.0  # when the block's earliest periodic report falls due
+    dirty: bool = False  # values taken from this block since the last report
+
+
+@dataclass
 class _Reported:
     value: Value
     quality: Quality
@@ -183,6 +193,7 @@ class ModbusDriver(Driver):
         self.cfg = config
         self.profile: Profile = load_profile(config.profile)
         self._bad: dict[str, float] = {}  # point -> when to try it again
+        self._blocks: dict[tuple[Table, int, int], _BlockState] = {}
         self.groups = self._groups()
         self.line: ModbusLine | None = None
         self.online: bool | None = None
@@ -252,6 +263,10 @@ class ModbusDriver(Driver):
             if self.online is False:
                 next_due = max(next_due, self._retry_at)
             delay = max(0.0, next_due - clock.monotonic())
+            if delay < 0.005:
+                # not worth a wakeable wait (a write's read-back is at most 5 ms away)
+                await clock.sleep(delay)
+                continue
             self._wake.clear()
             try:
                 async with asyncio.timeout(delay):
@@ -278,6 +293,16 @@ class ModbusDriver(Driver):
             return
         self._came_online(ctx)
         await self._report(ctx, values)
+        period = self.cfg.report.period
+        for state in self._blocks.values():
+            if state.dirty:
+                state.dirty = False
+                ats = [
+                    self._reported[p.name].at
+                    for p in state.decoder.points
+                    if p.name in self._reported
+                ]
+                state.next_periodic = (min(ats) if ats else 0.0) + period
 
     async def _read(
         self, group: _Group, block: ReadBlock, values: dict[str, tuple[Value, Quality]]
@@ -301,9 +326,27 @@ class ModbusDriver(Driver):
                 await self._read(group, half, values)
             return
         data = pdu.bits[: block.count] if block.table.is_bit else pdu.registers
-        for point in block.points:
-            raw = block.slice(point, data)
-            values[point.name] = (decode(point, self.profile, raw), Quality.GOOD)
+        key = (block.table, block.start, block.count)  # cheap to hash, unlike the points
+        state = self._blocks.get(key)
+        if state is None:
+            state = self._blocks[key] = _BlockState(
+                BlockDecoder(block.points, block.start, self.profile)
+            )
+        raw = state.decoder.raw(data)
+        now = self._now()
+        periodic_due = self.cfg.report.mode != "on_change" and now >= state.next_periodic
+        if raw == state.last_raw and not periodic_due:
+            return  # nothing changed on the device and no periodic report is due
+        last = state.last_raw
+        points = state.decoder.points
+        for i, item in enumerate(raw):
+            if last is None or periodic_due or item != last[i]:
+                values[points[i].name] = (state.decoder.value(i, item), Quality.GOOD)
+        state.last_raw = raw
+        state.dirty = True
+
+    def _now(self) -> float:
+        return self._ctx.clock.monotonic() if self._ctx is not None else time.monotonic()
 
     def _mark_bad(
         self, point: Point, exc: ExceptionCodeError, values: dict[str, tuple[Value, Quality]]
@@ -322,6 +365,8 @@ class ModbusDriver(Driver):
         values[point.name] = (None, Quality.BAD)
 
     def _retry_bad_points(self, group: _Group, now: float) -> None:
+        if not self._bad:
+            return
         due = [p.name for p in group.points if self._bad.get(p.name, float("inf")) <= now]
         if due:
             for name in due:
@@ -349,17 +394,26 @@ class ModbusDriver(Driver):
     async def _report(self, ctx: DriverContext, values: dict[str, tuple[Value, Quality]]) -> None:
         now = ctx.clock.monotonic()
         mode = self.cfg.report.mode
+        period = self.cfg.report.period
+        points = self.profile.points
+        reported = self._reported
         for name, (value, quality) in values.items():
-            point = self.profile.points[name]
-            last = self._reported.get(name)
+            last = reported.get(name)
+            point = points[name]
             if last is not None:
-                periodic = mode != "on_change" and now - last.at >= self.cfg.report.period
-                changed = mode != "periodic" and (
-                    quality != last.quality or self._changed(point, last.value, value)
-                )
-                if not (periodic or changed):
+                if last.value == value and last.quality is quality:
+                    # unchanged: only a periodic report can be due (the common case)
+                    if mode == "on_change" or now - last.at < period:
+                        continue
+                elif not (
+                    (mode != "on_change" and now - last.at >= period)
+                    or (
+                        mode != "periodic"
+                        and (quality is not last.quality or self._changed(point, last.value, value))
+                    )
+                ):
                     continue
-            self._reported[name] = _Reported(value, quality, now)
+            reported[name] = _Reported(value, quality, now)
             await ctx.publish(ctx.reading(name, value, unit=point.unit, quality=quality))
 
     def _changed(self, point: Point, old: Value, new: Value) -> bool:

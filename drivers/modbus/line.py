@@ -77,6 +77,10 @@ class NoResponse(LineError):  # noqa: N818
     """The addressed device did not answer within the timeout."""
 
 
+class CorruptFrame(NoResponse):
+    """Bytes came back, but no valid answer (CRC or framing error: noise, wrong baud)."""
+
+
 class ExceptionCodeError(LineError):
     """The device answered with a Modbus exception code."""
 
@@ -94,6 +98,9 @@ class ModbusLine:
         self.lock = asyncio.Lock()
         self.requests = 0
         self.failures = 0
+        self.corrupt_frames = 0
+        self.connects = 0
+        self._received = 0  # bytes received on the link, to tell garbage from silence
         self._client: Client | None = None
 
     @property
@@ -109,6 +116,7 @@ class ModbusLine:
                 timeout=self.timeout,
                 retries=0,
                 reconnect_delay=0,
+                trace_packet=self._trace,
             )
         return AsyncModbusSerialClient(
             self.link.port,
@@ -120,7 +128,13 @@ class ModbusLine:
             timeout=self.timeout,
             retries=0,
             reconnect_delay=0,
+            trace_packet=self._trace,
         )
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._received += len(data)
+        return data
 
     async def _connected(self) -> Client:
         if self._client is not None and self._client.connected:
@@ -136,6 +150,7 @@ class ModbusLine:
             client.close()
             raise LinkDown(f"cannot open {self.key}")
         self._client = client
+        self.connects += 1
         return client
 
     def _drop(self) -> None:
@@ -149,9 +164,33 @@ class ModbusLine:
             return await self._call_locked(request)
 
     async def _call_locked(self, request: Callable[[Client], Awaitable[T]]) -> T:
-        """`call` for a caller that already holds `lock` (read-modify-write)."""
+        """`call` for a caller that already holds `lock` (read-modify-write).
+
+        Two transient faults are retried once, immediately: a garbled answer (one bad
+        frame on a noisy line is no reason to declare a device offline) and a connection
+        that was up but has just been dropped (a Modbus gateway restarting). Both are
+        counted.
+        """
+        was_up = self._client is not None and self._client.connected
+        try:
+            return await self._attempt(request)
+        except CorruptFrame:
+            self.corrupt_frames += 1
+            logger.debug("%s: garbled answer, repeating the request once", self.key)
+        except LinkDown:
+            if not was_up:
+                raise
+            logger.debug("%s: connection dropped, reconnecting once", self.key)
+        try:
+            return await self._attempt(request)
+        except CorruptFrame:
+            self.corrupt_frames += 1
+            raise
+
+    async def _attempt(self, request: Callable[[Client], Awaitable[T]]) -> T:
         client = await self._connected()
         self.requests += 1
+        received = self._received
         try:
             response = await request(client)
             # pymodbus awaits answers with asyncio.wait_for, which on Python 3.11 can
@@ -166,6 +205,10 @@ class ModbusLine:
             if not client.connected:
                 self._drop()
                 raise LinkDown(f"{self.key}: connection lost") from exc
+            if self._received > received:
+                raise CorruptFrame(
+                    f"garbled answer ({self._received - received} bytes, no valid frame)"
+                ) from exc
             raise NoResponse(f"no response within {self.timeout:g}s") from exc
         if isinstance(response, ExceptionResponse) or response.isError():
             code = getattr(response, "exception_code", 0)

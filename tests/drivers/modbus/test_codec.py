@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.codec import EncodeError, decode, encode
+from drivers.modbus.codec import BlockDecoder, EncodeError, decode, encode
 from drivers.modbus.profile import Profile
 from firmware_sim.modbus import from_registers, to_registers
 
@@ -135,3 +135,101 @@ def test_struct_reference_for_scaled_values() -> None:
     p = profile(address="30001", type="int16", scale=0.1)
     regs = [struct.unpack(">H", struct.pack(">h", -123))[0]]
     assert decode(p.points["p"], p, regs) == -12.3
+
+
+layouts = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "int16",
+                "uint16",
+                "int32",
+                "uint32",
+                "int64",
+                "uint64",
+                "float32",
+                "float64",
+                "bit",
+                "string",
+            ]
+        ),
+        orders,
+        orders,
+        st.integers(0, 3),  # gap before the point
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(layouts, st.data())
+def test_block_decoder_agrees_with_decode_point_by_point(
+    layout: list[tuple[str, str, str, int]], data: st.DataObject
+) -> None:
+    points: dict[str, dict[str, object]] = {}
+    address = 0
+    for i, (kind, byte_order, word_order, gap) in enumerate(layout):
+        address += gap
+        spec: dict[str, object] = {
+            "table": "holding_register",
+            "address": address,
+            "type": kind,
+            "byte_order": byte_order,
+            "word_order": word_order,
+        }
+        if kind == "bit":
+            spec["bit"] = i % 16
+        if kind == "string":
+            spec["length"] = 3
+        points[f"p{i}"] = spec
+        address += {
+            "int16": 1,
+            "uint16": 1,
+            "bit": 1,
+            "string": 2,
+            "int32": 2,
+            "uint32": 2,
+            "float32": 2,
+        }.get(kind, 4)
+    prof = Profile.model_validate({"name": "t", "points": points})
+    pts = sorted(prof.points.values(), key=lambda p: p.start)
+    start = pts[0].start
+    end = max(p.end for p in pts)
+    regs = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=end - start, max_size=end - start))
+    decoder = BlockDecoder(pts, start, prof)
+    got = {p.name: v for p, v in decoder(regs)}
+    want = {p.name: decode(p, prof, regs[p.start - start : p.end - start]) for p in pts}
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        if isinstance(value, float) and math.isnan(value):
+            assert math.isnan(got[name])  # type: ignore[arg-type]
+        else:
+            assert got[name] == value, name
+
+
+def test_block_decoder_for_coils() -> None:
+    prof = Profile.model_validate(
+        {
+            "name": "t",
+            "points": {
+                "a": {"table": "coil", "address": 2, "type": "bool"},
+                "b": {"table": "coil", "address": 5, "type": "bool"},
+            },
+        }
+    )
+    decoder = BlockDecoder(list(prof.points.values()), 2, prof)
+    assert [(p.name, v) for p, v in decoder([True, False, False, False])] == [
+        ("a", True),
+        ("b", False),
+    ]
+
+
+@given(st.text(max_size=8).filter(lambda t: len(t.encode()) <= 8), orders, orders)
+def test_strings_agree_with_the_simulator(text: str, byte_order: str, word_order: str) -> None:
+    p = profile(
+        address="40001", type="string", length=8, byte_order=byte_order, word_order=word_order
+    )
+    pt = p.points["p"]
+    regs = encode(pt, p, text)
+    assert regs == to_registers(pt, p, text)
+    assert decode(pt, p, regs) == text.rstrip("\x00 ")
