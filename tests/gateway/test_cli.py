@@ -142,3 +142,21 @@ def test_demo_shows_readings_arriving_upstream_and_stops(tmp_path: Path) -> None
     assert "status     demo-lamp-17 is offline" in out
     assert "0 message(s) left in the outbox" in out
     assert (tmp_path / "node.yaml").exists()
+
+
+def test_run_exits_nonzero_when_a_component_keeps_failing(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x", encoding="utf-8")
+    config = tmp_path / "node.yaml"
+    # the outbox cannot be created (its parent is a file): every start fails
+    config.write_text(
+        f"node: {{id: n1, data_dir: {tmp_path}}}\noutbox: {{path: {blocker}/outbox.db}}\n",
+        encoding="utf-8",
+    )
+    result = cli("run", "--config", str(config), timeout=60)
+    assert result.returncode == 1
+    assert "component outbox failed; restarting with backoff" in result.stderr
+    assert "component outbox failed 5 times within 60s; giving up" in result.stderr
+    assert "node stopped on error" in result.stderr
+    # the failure is logged once when the streak starts, not once per attempt
+    assert result.stderr.count("restarting with backoff") == 1
