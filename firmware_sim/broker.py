@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from firmware_sim.process import HelperProcess
 
 
 class BrokerStartError(RuntimeError):
@@ -48,7 +46,7 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
-class MosquittoBroker:
+class MosquittoBroker(HelperProcess):
     """Start, stop and restart a private Mosquitto on `port` (same port across restarts)."""
 
     def __init__(
@@ -60,21 +58,12 @@ class MosquittoBroker:
         extra_config: str = "",
         persistence: bool = False,
     ) -> None:
+        super().__init__(workdir, "cityneuron-broker-")
         self.host = host
         self.port = port or free_port(host)
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="cityneuron-broker-")
-            workdir = Path(self._tmp.name)
-        self.workdir = workdir
         self.extra_config = extra_config
         self.persistence = persistence
-        self.log_path = workdir / "mosquitto.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        self.log_path = self.workdir / "mosquitto.log"
 
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
@@ -96,55 +85,12 @@ class MosquittoBroker:
             f"{self.extra_config}\n",
             encoding="utf-8",
         )
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
-            [mosquitto_binary(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # own session: a Ctrl-C meant for the node must not kill its simulated world
-            start_new_session=True,
-        )
+        self._spawn([mosquitto_binary(), "-c", str(conf)])
         if not wait_for_port(self.host, self.port, timeout):
             self.stop()
             log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             raise BrokerStartError(f"mosquitto did not listen on {self.port}: {log[-500:]}")
 
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def kill(self) -> None:
-        """Stop abruptly (SIGKILL), as a crash or power loss of the broker."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

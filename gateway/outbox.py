@@ -27,13 +27,14 @@ All SQLite work happens on one thread owned by the outbox; the event loop never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -242,9 +243,7 @@ class OutboxStore:
         it, so that the report is exact. Returns the evictions by class.
         """
         evicted: dict[str, int] = {}
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as cur:
             acked = list(acked)
             if acked:
                 cur.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s in acked])
@@ -255,15 +254,23 @@ class OutboxStore:
                 evicted = self._evict(cur, used - self.max_bytes + reserve, protect)
                 if evicted and reporter is not None:
                     self._insert(cur, reporter("evicted", evicted))
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         for name, n in evicted.items():
             self.stats.evicted[name] += n
         self.stats.accepted += sum(p.count for p in pending)
         self._refresh_stats()
         return evicted
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction: committed if the block succeeds, rolled back if not."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
 
     @staticmethod
     def _insert(cur: sqlite3.Cursor, pending: Sequence[_Pending]) -> None:
@@ -317,9 +324,7 @@ class OutboxStore:
     def expire(self, now: float, reporter: Reporter | None = None) -> dict[str, int]:
         """Delete messages older than their class's time to live (and store the report)."""
         expired: dict[str, int] = {}
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as cur:
             for prio, ttl in self.ttl.items():
                 cur.execute(
                     "DELETE FROM messages WHERE priority = ? AND created < ? RETURNING count",
@@ -330,10 +335,6 @@ class OutboxStore:
                     expired[prio.name.lower()] = n
             if expired and reporter is not None:
                 self._insert(cur, reporter("expired", expired))
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         for name, n in expired.items():
             self.stats.expired[name] += n
         if expired:

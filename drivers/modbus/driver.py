@@ -264,8 +264,11 @@ class ModbusDriver(Driver):
                 next_due = max(next_due, self._retry_at)
             delay = max(0.0, next_due - clock.monotonic())
             if delay < 0.005:
-                # not worth a wakeable wait (a write's read-back is at most 5 ms away)
-                await clock.sleep(delay)
+                # not worth a wakeable wait (a write's read-back is at most 5 ms away); a
+                # poll already due goes straight on: the line's lock is where devices
+                # take turns
+                if delay > 0:
+                    await clock.sleep(delay)
                 continue
             self._wake.clear()
             try:
@@ -293,6 +296,8 @@ class ModbusDriver(Driver):
             return
         self._came_online(ctx)
         await self._report(ctx, values)
+        if self.cfg.report.mode == "on_change":
+            return  # no periodic reports to schedule
         period = self.cfg.report.period
         for state in self._blocks.values():
             if state.dirty:
@@ -466,13 +471,16 @@ class ModbusDriver(Driver):
         self._wake.set()
 
 
+_READ_METHOD = {
+    Table.COIL: "read_coils",
+    Table.DISCRETE_INPUT: "read_discrete_inputs",
+    Table.HOLDING_REGISTER: "read_holding_registers",
+    Table.INPUT_REGISTER: "read_input_registers",
+}
+
+
 async def _read_request(client: Any, block: ReadBlock, unit: int) -> Any:
-    fn = {
-        Table.COIL: client.read_coils,
-        Table.DISCRETE_INPUT: client.read_discrete_inputs,
-        Table.HOLDING_REGISTER: client.read_holding_registers,
-        Table.INPUT_REGISTER: client.read_input_registers,
-    }[block.table]
+    fn = getattr(client, _READ_METHOD[block.table])
     return await fn(block.start, count=block.count, device_id=unit)
 
 

@@ -100,6 +100,7 @@ class ModbusLine:
         self.failures = 0
         self.corrupt_frames = 0
         self.connects = 0
+        self._queued = 0  # callers waiting for the lock
         self._received = 0  # bytes received on the link, to tell garbage from silence
         self._client: Client | None = None
 
@@ -160,8 +161,21 @@ class ModbusLine:
 
     async def call(self, request: Callable[[Client], Awaitable[T]]) -> T:
         """Run `request` on the connected client; raise `LineError` subclasses on failure."""
-        async with self.lock:
-            return await self._call_locked(request)
+        self._queued += 1
+        acquired = False
+        try:
+            async with self.lock:
+                self._queued -= 1
+                acquired = True
+                response = await self._call_locked(request)
+        finally:
+            if not acquired:  # cancelled or failed while waiting for the line
+                self._queued -= 1
+        if self._queued:
+            # hand the line to the next device before decoding this answer, so that its
+            # request travels while this one is worked on
+            await asyncio.sleep(0)
+        return response
 
     async def _call_locked(self, request: Callable[[Client], Awaitable[T]]) -> T:
         """`call` for a caller that already holds `lock` (read-modify-write).
@@ -188,7 +202,9 @@ class ModbusLine:
             raise
 
     async def _attempt(self, request: Callable[[Client], Awaitable[T]]) -> T:
-        client = await self._connected()
+        client = self._client
+        if client is None or not client.connected:
+            client = await self._connected()
         self.requests += 1
         received = self._received
         try:
