@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+from firmware_sim.pki import Pki
 from firmware_sim.process import HelperProcess
 
 
@@ -57,12 +58,18 @@ class MosquittoBroker(HelperProcess):
         workdir: Path | None = None,
         extra_config: str = "",
         persistence: bool = False,
+        tls: Pki | None = None,
+        require_certificate: bool = False,
     ) -> None:
         super().__init__(workdir, "cityneuron-broker-")
         self.host = host
         self.port = port or free_port(host)
         self.extra_config = extra_config
         self.persistence = persistence
+        self.tls = tls
+        self.require_certificate = require_certificate
+        # with TLS, a second listener: TLS on `tls_port`, plain on `port` (for observers)
+        self.tls_port = free_port(host) if tls is not None else None
         self.log_path = self.workdir / "mosquitto.log"
 
     def start(self, timeout: float = 10.0) -> None:
@@ -71,7 +78,8 @@ class MosquittoBroker(HelperProcess):
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            + self._tls_listener()
+            + "allow_anonymous true\n"
             + (
                 f"persistence true\npersistence_location {self.workdir}/\n"
                 if self.persistence
@@ -90,6 +98,16 @@ class MosquittoBroker(HelperProcess):
             self.stop()
             log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             raise BrokerStartError(f"mosquitto did not listen on {self.port}: {log[-500:]}")
+
+    def _tls_listener(self) -> str:
+        if self.tls is None:
+            return ""
+        return (
+            f"listener {self.tls_port} {self.host}\n"
+            f"cafile {self.tls.ca_cert}\ncertfile {self.tls.server_cert}\n"
+            f"keyfile {self.tls.server_key}\n"
+            f"require_certificate {'true' if self.require_certificate else 'false'}\n"
+        )
 
     def restart(self) -> None:
         self.stop()

@@ -105,6 +105,7 @@ class SimSlave:
     holes: set[tuple[Table, int]] = field(default_factory=set)
     requests: int = 0
     writes: list[tuple[str, Any]] = field(default_factory=list)
+    write_codes: list[int] = field(default_factory=list)  # function code of every write
 
     def __post_init__(self) -> None:
         self.bits: dict[Table, dict[int, bool]] = {Table.COIL: {}, Table.DISCRETE_INPUT: {}}
@@ -229,6 +230,7 @@ class SimSlave:
         if any((table, a) in self.holes for a in range(address, address + count)):
             return ExcCodes.ILLEGAL_ADDRESS
         if values is not None and function_code in (5, 6, 15, 16):
+            self.write_codes.append(function_code)
             self._write(table, address, values)
         self._refresh()
         self._fill(table, start_address, registers)

@@ -18,6 +18,7 @@ import logging
 import random
 import ssl
 import time
+import traceback
 from typing import Any
 
 import aiomqtt
@@ -107,6 +108,7 @@ class Uplink:
                 await self._session(tls)
             except* (aiomqtt.MqttError, OSError) as group:
                 self._lost(group.exceptions[0])
+                _release_frames(group)
             self._attempts += 1
             await asyncio.sleep(backoff(self._attempts, self.config.reconnect_max))
 
@@ -290,6 +292,27 @@ class Uplink:
         await client.publish(
             topic, json.dumps(body, separators=(",", ":")), qos=1, properties=props
         )
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Drop the local variables held by a failed attempt's tracebacks.
+
+    paho-mqtt leaves the socket of a failed TLS handshake in a local variable; until the
+    traceback that holds it is gone, so is the file descriptor. Retrying for hours with
+    a bad certificate must not pile up sockets waiting for the garbage collector.
+    """
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            traceback.clear_frames(e.__traceback__)
+        stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
 
 
 def _json_fields(payload: bytes) -> dict[str, Any]:

@@ -136,6 +136,9 @@ name: valve
 points:
   mode_bits: {address: "40005", type: uint16, access: rw}
   remote: {address: "40005", type: bit, bit: 2, access: rw}
+  setpoint: {address: "40010", type: float32, access: rw, min: 0, max: 10}
+  pump: {table: coil, address: 1, type: bool, access: rw, write_multiple: true}
+  limit: {address: "40020", type: uint16, access: rw, write_multiple: true}
 """,
         encoding="utf-8",
     )
@@ -153,6 +156,16 @@ points:
             await mh.write("tilt_limit", 12.5)
             await mh.write("alarm_enabled", True)
             await v.write("remote", True)
+            await v.write("setpoint", 2.75)
+            await v.write("pump", True)
+            await v.write("limit", 7)
+            assert valve.get("setpoint") == 2.75
+            assert valve.get("pump") is True
+            assert valve.get("limit") == 7
+            # FC6 single register (after an FC3 read of the bit's register), FC16 for a
+            # float, FC15/FC16 where the point asks for "multiple" writes
+            assert valve.write_codes == [6, 16, 15, 16]
+            assert manhole.write_codes == [6, 5]
             assert manhole.get("tilt_limit") == pytest.approx(12.5)
             assert manhole.get("alarm_enabled") is True
             assert valve.get("mode_bits") == 0b1101  # the other bits kept
@@ -260,4 +273,29 @@ async def test_unplugged_adapter_is_survived(pty: PtyPair) -> None:
             await h.wait(lambda: h.drivers["mh"].online is True, timeout=20)
     finally:
         await server.stop()
+    assert h.events("mh") == ["device.online", "device.offline", "device.online"]
+
+
+async def test_slow_answers_within_the_timeout_are_fine_beyond_it_the_device_is_offline() -> None:
+    slave = SimSlave(unit=1, profile=load_profile("manhole_cover"))
+    async with ModbusSimServer([slave]) as server:
+        cfg = modbus_config(
+            id="mh",
+            profile="manhole_cover",
+            unit=1,
+            connection=tcp(server),
+            timeout=0.3,
+            poll_interval=0.05,
+            points=["tilt"],
+        )
+        async with running(cfg) as h:
+            slave.delay = 0.1
+            await h.wait(lambda: h.drivers["mh"].online is True)
+            polls = h.drivers["mh"].polls
+            await h.wait(lambda: h.drivers["mh"].polls >= polls + 3)
+            assert h.drivers["mh"].online is True
+            slave.delay = 0.5
+            await h.wait(lambda: h.drivers["mh"].online is False)
+            slave.delay = 0.0
+            await h.wait(lambda: h.drivers["mh"].online is True, timeout=15)
     assert h.events("mh") == ["device.online", "device.offline", "device.online"]
