@@ -24,6 +24,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandError, CommandRouter
 from gateway.config import NodeConfig
 from gateway.devices import DeviceContext, DriverComponent, SharedResources
+from gateway.location import LocationService
 from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
 from gateway.supervisor import Component, RestartPolicy, Supervisor
@@ -87,6 +88,14 @@ class Gateway:
                 Priority.TELEMETRY: ttl.telemetry,
             },
         )
+        loc = cfg.location
+        self.location = LocationService(
+            self.bus,
+            source=loc.source,
+            fixed=loc.fixed.model_dump(exclude_none=True) if loc.fixed else None,
+            stale_after=loc.stale_after,
+        )
+        self.outbox.locate = self.location.snapshot
         components.append(self.outbox)
         if cfg.mqtt is not None:
             self.uplink = Uplink(
@@ -97,6 +106,8 @@ class Gateway:
                 commands=self.commands,
             )
             components.append(self.uplink)
+        if loc.source is not None:
+            components.append(self.location)
         for device in self.config.devices:
             if not device.enabled:
                 logger.info("device %s is disabled in the config", device.id)

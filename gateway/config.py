@@ -170,6 +170,32 @@ class OutboxSection(Section):
         return self.path if self.path is not None else data_dir / "outbox.db"
 
 
+class FixedLocation(Section):
+    lat: float = Field(ge=-90, le=90, description="Latitude, decimal degrees (WGS 84).")
+    lon: float = Field(ge=-180, le=180, description="Longitude, decimal degrees (WGS 84).")
+    alt: float | None = Field(default=None, description="Altitude in metres.")
+
+
+class LocationSection(Section):
+    source: str | None = Field(
+        default=None,
+        pattern=DEVICE_ID_PATTERN,
+        description="Id of the GPS device (a serial device with the nmea_gps profile).",
+    )
+    fixed: FixedLocation | None = Field(
+        default=None, description="Position of a node that does not move (lamp post)."
+    )
+    stale_after: Duration = Field(
+        default=5.0, gt=0, description="A fix older than this is reported as stale."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> LocationSection:
+        if self.source is not None and self.fixed is not None:
+            raise ValueError("give either source (a GPS device) or fixed, not both")
+        return self
+
+
 class NodeConfig(Section):
     """The whole configuration of one node."""
 
@@ -180,6 +206,9 @@ class NodeConfig(Section):
     )
     outbox: OutboxSection = Field(
         default_factory=OutboxSection, description="Durable store-and-forward buffer."
+    )
+    location: LocationSection = Field(
+        default_factory=LocationSection, description="Where the node is (GPS or fixed)."
     )
     devices: list[DriverConfig] = Field(
         default_factory=list, description="Devices the node reads; each picks a driver by type."
@@ -192,6 +221,9 @@ class NodeConfig(Section):
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is used more than once")
             seen.add(device.id)
+        source = self.location.source
+        if source is not None and source not in seen:
+            raise ValueError(f"location.source {source!r} is not one of the devices")
         return self
 
 

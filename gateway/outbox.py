@@ -131,9 +131,16 @@ def priority_of(record: Record) -> Priority:
     return Priority.TELEMETRY
 
 
-def pack(records: Sequence[Record], node: str, batch_max: int, now: float) -> list[_Pending]:
+def pack(
+    records: Sequence[Record],
+    node: str,
+    batch_max: int,
+    now: float,
+    locate: Callable[[], dict[str, Any] | None] | None = None,
+) -> list[_Pending]:
     """Turn records into messages: readings grouped per device (in arrival order, at most
-    `batch_max` per message), every event and detection a message of its own."""
+    `batch_max` per message), every event and detection a message of its own; an event
+    without a location gets the node's current one from `locate`."""
     out: list[_Pending] = []
     by_device: dict[str, list[Reading]] = {}
     for record in records:
@@ -142,6 +149,8 @@ def pack(records: Sequence[Record], node: str, batch_max: int, now: float) -> li
             continue
         body = record.to_dict()
         body["node"] = node
+        if isinstance(record, Event) and record.location is None and locate is not None:
+            body["location"] = locate()
         if isinstance(record, Event):
             topic, stream = f"events/{record.kind}", record.source
         else:
@@ -400,6 +409,7 @@ class Outbox:
         self.store: OutboxStore | None = None
         self.available = asyncio.Event()
         self.committed = asyncio.Event()  # pulses after each commit (for waiting in tests)
+        self.locate: Callable[[], dict[str, Any] | None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._acked: set[int] = set()  # acknowledged, deletion not yet committed
         self._deleting: set[int] = set()  # deletion being committed right now
@@ -487,7 +497,7 @@ class Outbox:
         store = self._open_store()
         self._acked = set()
         self._deleting = acked
-        pending = pack(records, self.node, self.batch_max, time.time())
+        pending = pack(records, self.node, self.batch_max, time.time(), self.locate)
         try:
             await self._call(
                 functools.partial(

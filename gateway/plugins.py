@@ -23,6 +23,7 @@ DRIVER_GROUP = "cityneuron.drivers"
 # type -> "module:Class"; imported lazily so that e.g. OpenCV loads only with a camera
 BUILTIN_DRIVERS: dict[str, str] = {
     "modbus": "drivers.modbus.driver:ModbusDriver",
+    "serial": "drivers.serial.driver:SerialDriver",
 }
 
 

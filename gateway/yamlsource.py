@@ -20,9 +20,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -244,3 +245,26 @@ def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> Source:
     except OSError as exc:
         raise SourceError(name, f"cannot read: {exc.strerror}") from exc
     return load_text(text, name, env)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model(path: Path, model: type[M]) -> M:
+    """Load YAML file `path` into pydantic `model`; the first problem is a `SourceError`
+    with its line, e.g. for device profiles and rule bundles."""
+    source = load_file(path)
+    try:
+        return model.model_validate(source.data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        err = errors[0]
+        pos = source.locate(err["loc"])
+        loc = ".".join(str(p) for p in err["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SourceError(
+            str(path),
+            f"{loc}: {err['msg']}{more}" if loc else f"{err['msg']}{more}",
+            pos[0] if pos else None,
+            pos[1] if pos else None,
+        ) from None

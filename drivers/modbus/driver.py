@@ -31,6 +31,7 @@ from drivers.modbus.line import (
 )
 from drivers.modbus.planner import ReadBlock, plan
 from drivers.modbus.profile import DataType, Point, Profile, ProfileError, Table, load_profile
+from drivers.report import ReportConfig, Reporter
 from gateway.config import Duration
 from gateway.records import Quality, Value
 
@@ -63,20 +64,6 @@ class PollGroup(_Model):
     name: str = Field(description="Name used in logs.")
     interval: Duration = Field(gt=0, description="Time between polls, e.g. 500ms, 10s.")
     points: list[str] = Field(min_length=1, description="Profile points polled at this rate.")
-
-
-class ReportConfig(_Model):
-    mode: Literal["on_change", "periodic", "both"] = Field(
-        default="both",
-        description="on_change: when a value moves by its deadband; periodic: every "
-        "period; both: either.",
-    )
-    period: Duration = Field(
-        default=300.0, gt=0, description="Longest time between two reports of a point."
-    )
-    deadband: float = Field(
-        default=0.0, ge=0, description="Default change needed for an on-change report."
-    )
 
 
 class ModbusConfig(DriverConfig):
@@ -173,13 +160,6 @@ class _BlockState:
     dirty: bool = False  # values taken from this block since the last report
 
 
-@dataclass
-class _Reported:
-    value: Value
-    quality: Quality
-    at: float
-
-
 class ModbusDriver(Driver):
     """Polls one Modbus device (unit) through its shared line."""
 
@@ -201,7 +181,7 @@ class ModbusDriver(Driver):
         self.errors = 0
         self._retry_at = 0.0
         self._failures = 0
-        self._reported: dict[str, _Reported] = {}
+        self._reporter = Reporter(config.report)
         self._wake = asyncio.Event()
         self._ctx: DriverContext | None = None
 
@@ -302,11 +282,8 @@ class ModbusDriver(Driver):
         for state in self._blocks.values():
             if state.dirty:
                 state.dirty = False
-                ats = [
-                    self._reported[p.name].at
-                    for p in state.decoder.points
-                    if p.name in self._reported
-                ]
+                last = self._reporter.last
+                ats = [last[p.name].at for p in state.decoder.points if p.name in last]
                 state.next_periodic = (min(ats) if ats else 0.0) + period
 
     async def _read(
@@ -398,40 +375,11 @@ class ModbusDriver(Driver):
 
     async def _report(self, ctx: DriverContext, values: dict[str, tuple[Value, Quality]]) -> None:
         now = ctx.clock.monotonic()
-        mode = self.cfg.report.mode
-        period = self.cfg.report.period
         points = self.profile.points
-        reported = self._reported
         for name, (value, quality) in values.items():
-            last = reported.get(name)
             point = points[name]
-            if last is not None:
-                if last.value == value and last.quality is quality:
-                    # unchanged: only a periodic report can be due (the common case)
-                    if mode == "on_change" or now - last.at < period:
-                        continue
-                elif not (
-                    (mode != "on_change" and now - last.at >= period)
-                    or (
-                        mode != "periodic"
-                        and (quality is not last.quality or self._changed(point, last.value, value))
-                    )
-                ):
-                    continue
-            reported[name] = _Reported(value, quality, now)
-            await ctx.publish(ctx.reading(name, value, unit=point.unit, quality=quality))
-
-    def _changed(self, point: Point, old: Value, new: Value) -> bool:
-        deadband = point.deadband if point.deadband is not None else self.cfg.report.deadband
-        if (
-            deadband > 0
-            and isinstance(old, int | float)
-            and isinstance(new, int | float)
-            and not isinstance(old, bool)
-            and not isinstance(new, bool)
-        ):
-            return abs(new - old) >= deadband
-        return new != old
+            if self._reporter.due(name, value, quality, now, point.deadband):
+                await ctx.publish(ctx.reading(name, value, unit=point.unit, quality=quality))
 
     # --- writes -----------------------------------------------------------------------
 
@@ -467,7 +415,7 @@ class ModbusDriver(Driver):
         if self._ctx is not None:
             self._ctx.logger.info("wrote %s.%s = %r", self.device_id, point, value)
         # read back soon so the new value is reported
-        self._reported.pop(point, None)
+        self._reporter.forget(point)
         self._wake.set()
 
 

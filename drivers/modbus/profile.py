@@ -16,9 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.yamlsource import SourceError, load_file
+from gateway.yamlsource import SourceError, load_model
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
@@ -292,18 +292,9 @@ def resolve(ref: str, base_dir: Path | None = None) -> Path:
 def _load(path: Path, mtime: float) -> Profile:
     del mtime  # part of the cache key: an edited file is read again
     try:
-        source = load_file(path)
+        return load_model(path, Profile)
     except SourceError as exc:
         raise ProfileError(f"profile {exc}") from None
-    try:
-        return Profile.model_validate(source.data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        pos = source.locate(err["loc"])
-        where = f"{path}:{pos[0]}:{pos[1]}" if pos else str(path)
-        loc = ".".join(str(p) for p in err["loc"])
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ProfileError(f"profile {where}: {loc}: {err['msg']}{more}") from None
 
 
 def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
