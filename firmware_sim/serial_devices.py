@@ -202,6 +202,11 @@ class GpsReceiver(SerialSim):
         self.clock = clock or (lambda: datetime.now(UTC))
         self.last_fix: tuple[float, float, float, float] | None = None
 
+    def spoil(self, frame: bytes) -> bytes:
+        star = frame.rindex(b"*")
+        wrong = int(frame[star + 1 : star + 3], 16) ^ 0xFF
+        return frame[: star + 1] + b"%02X" % wrong + frame[star + 3 :]
+
     def frames(self, t: float) -> list[bytes]:
         self.last_fix = self.route.at(t)
         lat, lon, heading, speed = self.last_fix

@@ -24,11 +24,13 @@ from drivers.modbus.profile import load_profile
 from firmware_sim.broker import BrokerStartError, MosquittoBroker
 from firmware_sim.city import DustNoise, Hydrant, ManholeCover, RiverGauge
 from firmware_sim.modbus import ModbusSimServer, SimSlave
+from firmware_sim.pty import PtyPair
+from firmware_sim.serial_devices import GpsReceiver, RainGauge
 from gateway.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
-NODE_ID = "demo-lamp-17"
+NODE_ID = "demo-sweeper-3"
 
 DEVICES: list[tuple[str, str, int, Callable[[float], dict[str, Any]]]] = [
     ("manhole-1", "manhole_cover", 1, ManholeCover(open_from=20, open_until=35)),
@@ -38,12 +40,16 @@ DEVICES: list[tuple[str, str, int, Callable[[float], dict[str, Any]]]] = [
 ]
 
 CONFIG = """\
-# Written by `cityneuron demo`: a node reading four simulated city devices over Modbus TCP.
+# Written by `cityneuron demo`: a node on a municipal vehicle reading four simulated city
+# devices over Modbus TCP, a GPS receiver and a rain gauge on serial lines.
 node:
   id: {node}
-  name: Demo lamp post 17
+  name: Demo node on street-sweeper 3
   groups: [demo-district]
   data_dir: {data}
+location:
+  source: gps
+  stale_after: 5s
 log:
   level: warning
 mqtt:
@@ -54,6 +60,19 @@ outbox:
   commit_interval: 50ms
 devices:
 {devices}
+"""
+
+SERIAL = """\
+  - type: serial
+    id: gps
+    profile: nmea_gps
+    port: {gps_port}
+    report: {{mode: both, period: 2s, min_interval: 1s}}
+  - type: serial
+    id: rain-gauge
+    profile: rain_gauge
+    port: {rain_port}
+    report: {{mode: on_change}}
 """
 
 DEVICE = """\
@@ -102,6 +121,9 @@ class Viewer:
             source = body.get("source", "?")
             message = body.get("message") or ""
             line = f"{now}  EVENT      {source:<12} #{body.get('seq')}  {kind} {message}"
+            where = body.get("location") or {}
+            if where.get("valid"):
+                line = f"{line.rstrip()}  @ {where['lat']:.5f},{where['lon']:.5f}"
             self._line(line.rstrip())
         else:
             self._line(f"{now}  {rel}  {payload[:120]!r}")
@@ -149,6 +171,10 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
             ]
             slaves[1].set("serial_number", "RL-DEMO-01")
             sim = await astack.enter_async_context(ModbusSimServer(slaves))
+            gps_pty = stack.enter_context(PtyPair(workdir, "gps"))
+            rain_pty = stack.enter_context(PtyPair(workdir, "rain"))
+            gps = GpsReceiver(str(gps_pty.device), rate_hz=5)
+            rain = RainGauge(str(rain_pty.device), rate_hz=1, storm=(10, 60))
             config_path = workdir / "node.yaml"
             config_path.write_text(
                 CONFIG.format(
@@ -158,7 +184,8 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                     devices="".join(
                         DEVICE.format(id=d, profile=p, unit=u, port=sim.port)
                         for d, p, u, _ in DEVICES
-                    ),
+                    )
+                    + SERIAL.format(gps_port=gps_pty.host, rain_port=rain_pty.host),
                 ),
                 encoding="utf-8",
             )
@@ -170,10 +197,12 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
             viewer = Viewer(out, config.node.id)
             out.write(
                 f"cityneuron demo: node {config.node.id}, broker 127.0.0.1:{broker.port}, "
-                f"{len(DEVICES)} simulated Modbus devices on 127.0.0.1:{sim.port}\n"
+                f"{len(DEVICES)} simulated Modbus devices on 127.0.0.1:{sim.port}, "
+                f"a GPS and a rain gauge on serial lines ({gps_pty.host.parent})\n"
                 f"config: {config_path}\n"
                 "the manhole lid is lifted at 20-35 s, a storm raises the river from 10 s, "
-                "the hydrant is opened at 40-50 s.\n"
+                "the hydrant is opened at 40-50 s; the vehicle drives a loop through the "
+                "streets of central Porto Alegre.\n"
                 "Ctrl-C stops.\n\n"
             )
             out.flush()
@@ -183,6 +212,10 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 watcher = tg.create_task(_watch(broker, viewer, subscribed), name="demo.backend")
                 await subscribed.wait()
                 runner = tg.create_task(gw.run(), name="gateway")
+                sims = [
+                    tg.create_task(gps.run(), name="demo.gps"),
+                    tg.create_task(rain.run(), name="demo.rain-gauge"),
+                ]
                 if duration is not None:
                     loop = asyncio.get_running_loop()
                     timer = loop.call_later(duration, gw.request_stop)
@@ -190,6 +223,8 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 await runner
                 await asyncio.sleep(0.3)  # let the last messages and the offline status in
                 watcher.cancel()
+                for task in sims:
+                    task.cancel()
             outbox = gw.outbox.stats if gw.outbox else None
             out.write(
                 f"\nreceived {viewer.messages} message(s): {viewer.readings} reading(s), "

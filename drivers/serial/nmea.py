@@ -53,6 +53,7 @@ def _coord(text: str, hemi: str, degree_digits: int, limit: float) -> float:
     value = degrees + minutes / 60
     if value > limit:
         raise ValueError("range")
+    value = round(value, 7)  # 1e-7 degrees is about 1 cm: finer digits are noise
     return -value if hemi in ("S", "W") else value
 
 
@@ -111,7 +112,7 @@ def _rmc(f: list[str]) -> dict[str, Any]:
     if knots is not None:
         if not 0 <= knots <= 2000:
             raise ValueError("speed")
-        out["speed"] = round(knots * 1.852, 3)  # km/h
+        out["speed"] = round(knots * 1.852, 1)  # km/h, at the resolution VTG gives
     course = _opt_float(f[7])
     if course is not None:
         if not 0 <= course <= 360:

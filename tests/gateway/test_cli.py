@@ -38,6 +38,14 @@ def test_check_config_accepts_the_example_with_one_summary_line() -> None:
     ]
 
 
+def test_check_config_accepts_the_vehicle_example() -> None:
+    result = cli("check-config", "examples/vehicle.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "examples/vehicle.yaml: OK - node sweeper-3, 3 serial, mqtt mqtt.city.example:8883\n"
+    )
+
+
 def test_check_config_lists_every_problem_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
@@ -135,11 +143,13 @@ def test_demo_shows_readings_arriving_upstream_and_stops(tmp_path: Path) -> None
     result = cli("demo", "--duration", "6", "--workdir", str(tmp_path), timeout=90)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    assert "status     demo-lamp-17 is online" in out
+    assert "status     demo-sweeper-3 is online" in out
     assert "telemetry  manhole-1" in out
     assert "telemetry  river-gauge" in out
     assert "EVENT      hydrant-7" in out
-    assert "status     demo-lamp-17 is offline" in out
+    assert "telemetry  gps" in out
+    assert "telemetry  rain-gauge" in out
+    assert "status     demo-sweeper-3 is offline" in out
     assert "0 message(s) left in the outbox" in out
     assert (tmp_path / "node.yaml").exists()
 
