@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from drivers.serial.driver import SerialConfig, SerialDriver
+from drivers.serial.framing import crc16_modbus
 from firmware_sim.pty import PtyPair
 from firmware_sim.serial_devices import GpsReceiver, Pms5003, RainGauge, SerialSim
 from tests.drivers.harness import Harness, run_drivers
@@ -177,3 +179,61 @@ async def test_a_port_that_does_not_exist_is_reported_once(tmp_path: Path) -> No
     assert h.events("dev") == ["device.offline"]
     (reason,) = h.event_messages("dev", "device.offline")
     assert reason.startswith(f"cannot open {tmp_path / 'nope'}")
+
+
+class Scripted(SerialSim):
+    """Sends whatever `make(t)` returns."""
+
+    def __init__(self, port: str, make: Any, rate_hz: float = 20) -> None:
+        super().__init__(port, rate_hz=rate_hz)
+        self.make = make
+
+    def frames(self, t: float) -> list[bytes]:
+        return list(self.make(t))
+
+
+async def test_csv_lines_over_a_pty(pty: PtyPair) -> None:
+    sim = Scripted(str(pty.device), lambda t: [b"W,21.5,55,1013.2,3.4\r\n", b"X,1,2,3,4\r\n"])
+    driver = serial(pty, "weather_csv")
+    async with simulated(sim, driver) as h:
+        await h.wait(lambda: len(h.latest("dev")) == 4)
+        await h.wait(lambda: driver.rejected["format"] >= 2)
+    assert h.latest("dev") == {
+        "temperature": 21.5,
+        "humidity": 55.0,
+        "pressure": 1013.2,
+        "wind": 3.4,
+    }
+
+
+async def test_crc16_binary_frames_over_a_pty(pty: PtyPair, tmp_path: Path) -> None:
+    profile = tmp_path / "level.yaml"
+    profile.write_text(
+        """
+name: level
+framing:
+  kind: binary
+  start: "AA55"
+  length: {offset: 2, size: 1}
+  crc: crc16-modbus
+  crc_endian: little
+parse: {kind: binary}
+points:
+  level: {type: uint16, offset: 3, scale: 0.01, unit: m, min: 0, max: 20}
+  temperature: {type: int16, offset: 5, endian: little, scale: 0.1, unit: degC}
+""",
+        encoding="utf-8",
+    )
+
+    def frame(level_cm: int, temp_dc: int) -> bytes:
+        body = b"\xaa\x55\x09" + struct.pack(">H", level_cm) + struct.pack("<h", temp_dc)
+        return body + struct.pack("<H", crc16_modbus(body))
+
+    bad = bytearray(frame(999, 0))
+    bad[-1] ^= 1
+    sim = Scripted(str(pty.device), lambda t: [frame(1234, -56), bytes(bad), b"\x00\xaa"])
+    driver = serial(pty, str(profile))
+    async with simulated(sim, driver) as h:
+        await h.wait(lambda: len(h.latest("dev")) == 2 and driver.framer.stats.rejected >= 3)
+    assert h.latest("dev") == {"level": 12.34, "temperature": -5.6}
+    assert {r.value for r in h.readings("dev", "level")} == {12.34}  # 9.99 never got through
