@@ -29,6 +29,10 @@ from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
 from gateway.supervisor import Component, RestartPolicy, Supervisor
 from gateway.uplink import Uplink
+from rules.deploy import RuleDeployer
+from rules.engine import RuleEngine
+from rules.signing import load_public
+from rules.store import RuleStore
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +112,7 @@ class Gateway:
             components.append(self.uplink)
         if loc.source is not None:
             components.append(self.location)
+        components.append(self._build_rules())
         for device in self.config.devices:
             if not device.enabled:
                 logger.info("device %s is disabled in the config", device.id)
@@ -125,6 +130,34 @@ class Gateway:
             self.drivers[device.id] = component
             components.append(component)
         return components
+
+    def _build_rules(self) -> RuleEngine:
+        cfg = self.config.rules
+        self.rules = RuleEngine(
+            self.bus,
+            node=self.config.node.id,
+            locate=self.location.snapshot,
+            writer=self.write,
+        )
+        self.deployer = RuleDeployer(
+            self.rules,
+            RuleStore(self.config.node.data_dir / "rules"),
+            trusted={k.id: load_public(k.public_key) for k in cfg.trusted_keys},
+            require_signature=cfg.require_signature,
+            max_bytes=int(cfg.max_bundle_bytes),
+        )
+        self.deployer.register(self.commands)
+        self.deployer.load_stored()
+        if self.rules.compiled is None and cfg.file is not None:
+            self.deployer.load_local(cfg.file)
+        return self.rules
+
+    async def write(self, device: str, point: str, value: Any) -> None:
+        """Write a device point (commands and rule actions); raises WriteError."""
+        component = self.drivers.get(device)
+        if component is None:
+            raise WriteError(device, point, "no such device")
+        await component.driver.write(point, value)
 
     async def _cmd_ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {

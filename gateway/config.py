@@ -20,7 +20,9 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -196,6 +198,58 @@ class LocationSection(Section):
         return self
 
 
+class TrustedKey(Section):
+    id: str = Field(min_length=1, max_length=64, description="Key id named by deployments.")
+    public_key: str = Field(description="Ed25519 public key: base64 of 32 bytes, or PEM.")
+
+    @model_validator(mode="after")
+    def _loads(self) -> TrustedKey:
+        from rules.signing import load_public  # noqa: PLC0415 - only with keys configured
+
+        try:
+            load_public(self.public_key)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"key {self.id}: {exc}") from None
+        return self
+
+
+class RulesSection(Section):
+    file: Path | None = Field(
+        default=None,
+        description="A local rule bundle, run while no bundle has been deployed remotely.",
+    )
+    trusted_keys: list[TrustedKey] = Field(
+        default_factory=list,
+        description="Keys whose signatures deployments must carry; list several to rotate.",
+    )
+    require_signature: bool = Field(
+        default=True, description="Refuse unsigned remote deployments (keep it on)."
+    )
+    max_bundle_bytes: ByteSize = Field(
+        default=ByteSize(256 * 1024), ge=1024, description="Largest bundle accepted."
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _bundle_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Relative to the config file; the bundle must be valid (checked here, at load)."""
+        if value is None:
+            return None
+        base = (info.context or {}).get("config_dir")
+        if not value.is_absolute() and base:
+            value = Path(base) / value
+        from rules.bundle import BundleError, parse_bundle  # noqa: PLC0415
+        from rules.compiler import compile_bundle  # noqa: PLC0415
+
+        try:
+            compile_bundle(parse_bundle(value.read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise ValueError(f"cannot read rule bundle {value}: {exc.strerror}") from None
+        except BundleError as exc:
+            raise ValueError(f"rule bundle {value}: {exc}") from None
+        return value
+
+
 class NodeConfig(Section):
     """The whole configuration of one node."""
 
@@ -209,6 +263,9 @@ class NodeConfig(Section):
     )
     location: LocationSection = Field(
         default_factory=LocationSection, description="Where the node is (GPS or fixed)."
+    )
+    rules: RulesSection = Field(
+        default_factory=RulesSection, description="Rule engine and remote deployment."
     )
     devices: list[DriverConfig] = Field(
         default_factory=list, description="Devices the node reads; each picks a driver by type."

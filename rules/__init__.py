@@ -1,0 +1,1 @@
+"""Rules: the bundle format, compiler, engine, signing and the deployment store."""

@@ -1,0 +1,190 @@
+"""The rule bundle: a versioned document of rules, in YAML or JSON.
+
+A rule applies to every device its `devices` patterns match (or to detections); its
+condition is a CEL expression over the device's current readings (by point name), the
+variables it declares in `let` (window aggregates, rates, detection counts), `device`,
+`location` and `now`. See docs/rules.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.config import Duration
+from gateway.records import Severity
+
+RULE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+KIND = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED = {"device", "location", "now", "r", "points", "label", "score", "box", "camera", "model"}
+MAX_RULES = 5000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Aggregate(_Model):
+    """A value computed over a time window of one point of the rule's device."""
+
+    fn: Literal["avg", "min", "max", "sum", "count", "rate", "delta"] = Field(
+        description="avg/min/max/sum/count of the samples in the window; rate: change per "
+        "second from the oldest to the newest sample; delta: newest minus oldest."
+    )
+    point: str = Field(description="The point the samples come from.")
+    over: Duration = Field(gt=0, le=7 * 86400, description="Window length, e.g. 60s, 10m.")
+    window: Literal["sliding", "tumbling"] = Field(
+        default="sliding",
+        description="sliding: the last `over` seconds; tumbling: fixed consecutive windows, "
+        "the value of the last complete one.",
+    )
+
+
+class DetectionCount(_Model):
+    """How many detections were seen recently, optionally near the node's position."""
+
+    fn: Literal["detections"] = Field(description="Count detections.")
+    labels: list[str] = Field(default_factory=list, description="Labels counted (all if empty).")
+    within: Duration = Field(gt=0, le=86400, description="Time window.")
+    radius_m: float | None = Field(
+        default=None, gt=0, description="Only detections made within this distance of here."
+    )
+    min_score: float = Field(default=0.0, ge=0, le=1, description="Ignore weaker detections.")
+
+
+Let = Annotated[Aggregate | DetectionCount, Field(discriminator="fn")]
+
+
+class AlarmAction(_Model):
+    kind: str = Field(pattern=KIND, description="Alarm name; events are alarm.<kind>.")
+    message: str = Field(default="", description="Text; {name} inserts a variable.")
+
+
+class EventAction(_Model):
+    kind: str = Field(pattern=KIND, description="Event kind (topic events/<kind>).")
+    message: str = Field(default="", description="Text; {name} inserts a variable.")
+
+
+class WriteAction(_Model):
+    device: str | None = Field(
+        default=None, description="Device to write; the rule's own if unset."
+    )
+    point: str = Field(description="Writable point.")
+    value: bool | int | float | str = Field(description="Value to write.")
+
+
+class Rule(_Model):
+    """One rule."""
+
+    id: str = Field(pattern=RULE_ID, description="Stable id; state survives updates by id.")
+    description: str | None = Field(default=None, description="What the rule is for.")
+    enabled: bool = Field(default=True, description="Set false to keep but not run it.")
+    on: Literal["reading", "detection"] = Field(
+        default="reading", description="What triggers evaluation."
+    )
+    devices: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Device id patterns (shell-style, e.g. manhole-*) the rule applies to; "
+        "for detection rules, camera id patterns.",
+    )
+    labels: list[str] = Field(
+        default_factory=list, description="Detection rules: labels that trigger it (all if empty)."
+    )
+    let: dict[str, Let] = Field(
+        default_factory=dict, description="Named window aggregates usable in conditions."
+    )
+    when: str = Field(min_length=1, max_length=2000, description="CEL condition that fires it.")
+    clear_when: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="CEL condition that clears an alarm (hysteresis); `not when` if unset.",
+    )
+    for_: Duration = Field(
+        default=0.0, alias="for", ge=0, le=86400, description="Condition must hold this long."
+    )
+    clear_for: Duration = Field(
+        default=0.0, ge=0, le=86400, description="Clear condition must hold this long."
+    )
+    throttle: Duration = Field(
+        default=0.0, ge=0, description="At most one event per this interval (per device)."
+    )
+    rearm: Duration = Field(
+        default=0.0,
+        ge=0,
+        description="An alarm must stay clear this long before it can fire again.",
+    )
+    severity: Severity = Field(default=Severity.WARNING, description="Severity of its events.")
+    alarm: AlarmAction | None = Field(default=None, description="Raise/clear an alarm.")
+    event: EventAction | None = Field(default=None, description="Emit an event when it fires.")
+    write: WriteAction | None = Field(
+        default=None, description="Write a device point when it fires."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.alarm is None and self.event is None and self.write is None:
+            raise ValueError(f"rule {self.id}: needs an action (alarm, event or write)")
+        if (self.clear_when is not None or self.clear_for) and self.alarm is None:
+            raise ValueError(f"rule {self.id}: clear_when/clear_for only make sense with alarm")
+        for name, spec in self.let.items():
+            if not IDENT.match(name) or name in RESERVED:
+                raise ValueError(f"rule {self.id}: let name {name!r} is not a usable variable")
+            if self.on == "detection" and isinstance(spec, Aggregate):
+                raise ValueError(f"rule {self.id}: detection rules can only count detections")
+        if self.on == "reading" and self.labels:
+            raise ValueError(f"rule {self.id}: labels are for detection rules")
+        return self
+
+
+class Bundle(_Model):
+    """A versioned set of rules."""
+
+    version: int = Field(ge=1, description="Must increase with every deployment.")
+    name: str = Field(min_length=1, max_length=200, description="Name of the bundle.")
+    description: str | None = Field(default=None, description="What the bundle is for.")
+    rules: list[Rule] = Field(max_length=MAX_RULES, description="The rules.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        return self
+
+
+class BundleError(ValueError):
+    """The bundle cannot be used; the message says precisely why."""
+
+
+def parse_bundle(text: str | bytes) -> Bundle:
+    """Parse and validate a bundle from YAML or JSON text."""
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BundleError(f"not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BundleError("a bundle is a mapping with version, name and rules")
+    try:
+        return Bundle.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False)[:5]:
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
+        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        raise BundleError("; ".join(problems) + more) from None
+
+
+def json_schema() -> str:
+    """The JSON Schema of bundles (docs/schemas/rule-bundle.schema.json)."""
+    schema = Bundle.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://cityneuron.example/schemas/v1/rule-bundle.schema.json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
