@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
+
+    from gateway.cli_rules import add_parsers  # noqa: PLC0415
+
+    add_parsers(sub)
     return parser
 
 

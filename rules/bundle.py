@@ -84,7 +84,7 @@ class Rule(_Model):
     id: str = Field(pattern=RULE_ID, description="Stable id; state survives updates by id.")
     description: str | None = Field(default=None, description="What the rule is for.")
     enabled: bool = Field(default=True, description="Set false to keep but not run it.")
-    on: Literal["reading", "detection"] = Field(
+    trigger: Literal["reading", "detection"] = Field(
         default="reading", description="What triggers evaluation."
     )
     devices: list[str] = Field(
@@ -134,9 +134,9 @@ class Rule(_Model):
         for name, spec in self.let.items():
             if not IDENT.match(name) or name in RESERVED:
                 raise ValueError(f"rule {self.id}: let name {name!r} is not a usable variable")
-            if self.on == "detection" and isinstance(spec, Aggregate):
+            if self.trigger == "detection" and isinstance(spec, Aggregate):
                 raise ValueError(f"rule {self.id}: detection rules can only count detections")
-        if self.on == "reading" and self.labels:
+        if self.trigger == "reading" and self.labels:
             raise ValueError(f"rule {self.id}: labels are for detection rules")
         return self
 

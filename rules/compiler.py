@@ -60,7 +60,7 @@ def _compile_cel(rule: Rule, what: str, source: str) -> cel.Program:
 
 def _signature(rule: Rule) -> str:
     relevant = {
-        "on": rule.on,
+        "trigger": rule.trigger,
         "devices": rule.devices,
         "labels": rule.labels,
         "let": {k: v.model_dump(mode="json") for k, v in rule.let.items()},

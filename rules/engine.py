@@ -144,7 +144,7 @@ class RuleEngine:
             rules = [
                 r
                 for r in (self.compiled.rules if self.compiled else ())
-                if r.rule.on == "reading" and r.applies_to(device) and r.triggered_by(point)
+                if r.rule.trigger == "reading" and r.applies_to(device) and r.triggered_by(point)
             ]
             self._index[key] = rules
         return rules
@@ -186,7 +186,7 @@ class RuleEngine:
             "model": det.model,
         }
         for rule in self.compiled.rules if self.compiled else ():
-            if rule.rule.on != "detection" or not rule.applies_to(det.camera):
+            if rule.rule.trigger != "detection" or not rule.applies_to(det.camera):
                 continue
             if rule.rule.labels and det.label not in rule.rule.labels:
                 continue
@@ -341,13 +341,14 @@ class RuleEngine:
         if detection is not None:
             data["detection"] = detection.to_dict()
         location = self.locate() if self.locate else None
+        words = {**self.values.get(device, {}), **env}  # messages may name any point
         if r.alarm is not None:
             data["state"] = "raised"
             self._emit(
                 f"alarm.{r.alarm.kind}",
                 r=r,
                 device=device,
-                message=_render(r.alarm.message, env),
+                message=_render(r.alarm.message, words),
                 data=data,
                 location=location,
                 detection=detection,
@@ -357,7 +358,7 @@ class RuleEngine:
                 r.event.kind,
                 r=r,
                 device=device,
-                message=_render(r.event.message, env),
+                message=_render(r.event.message, words),
                 data=data,
                 location=location,
                 detection=detection,
@@ -376,6 +377,7 @@ class RuleEngine:
         inst.clear_since = None
         inst.cleared_at = now
         self.stats.cleared += 1
+        words = {**self.values.get(device, {}), **env}
         data = _event_data(env)
         data.update(device=device, bundle=self.version, state="cleared")
         location = self.locate() if self.locate else None
@@ -384,7 +386,7 @@ class RuleEngine:
                 kind=f"alarm.{r.alarm.kind}",
                 source=device,
                 severity=Severity.INFO,
-                message=f"cleared: {_render(r.alarm.message, env)}".rstrip(": "),
+                message=f"cleared: {_render(r.alarm.message, words)}".rstrip(": "),
                 data=data,
                 rule=r.id,
                 location=location,
@@ -457,7 +459,7 @@ class RuleEngine:
         results: list[dict[str, Any]] = []
         try:
             for rule in compiled.rules:
-                if rule.rule.on != "reading":
+                if rule.rule.trigger != "reading":
                     continue
                 for device in sorted(self.values):
                     if not rule.applies_to(device):

@@ -1,0 +1,283 @@
+"""``cityneuron rules ...`` and ``cityneuron keys ...``: author, test, sign and push rules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rules.bundle import BundleError, parse_bundle
+from rules.compiler import CompiledBundle, compile_bundle
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _compiled(path: str) -> CompiledBundle | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return compile_bundle(parse_bundle(text))
+    except OSError as exc:
+        print(f"error: {path}: {exc.strerror}", file=sys.stderr)
+    except BundleError as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
+    return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    compiled = _compiled(args.file)
+    if compiled is None:
+        return EXIT_USAGE
+    kinds: dict[str, int] = {}
+    for rule in compiled.rules:
+        kinds[rule.rule.trigger] = kinds.get(rule.rule.trigger, 0) + 1
+    print(
+        f"{args.file}: OK - bundle {compiled.bundle.name!r} version {compiled.version}, "
+        f"{len(compiled.rules)} rules ("
+        + ", ".join(f"{n} on {k}" for k, n in sorted(kinds.items()))
+        + ")"
+    )
+    return EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from gateway.records import Detection, Reading  # noqa: PLC0415
+    from rules.engine import RuleEngine  # noqa: PLC0415
+
+    compiled = _compiled(args.file)
+    if compiled is None:
+        return EXIT_USAGE
+    clock = [0.0]
+    engine = RuleEngine(_NullBus(), node="test", monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    engine.swap(compiled)
+    stream = _recorded(args.stream) if args.stream else _simulated(args.simulate)
+    fired = 0
+    for t, record in stream:
+        clock[0] = t
+        engine.run_timers(t)
+        if isinstance(record, Reading):
+            engine.on_reading(record, t)
+        elif isinstance(record, Detection):
+            engine.on_detection(record, t)
+        for event in engine.take_events():
+            fired += 1
+            state = event.data.get("state")
+            print(
+                f"t={t:8.1f}s  {event.kind:<24} {event.source:<14} "
+                f"{state + ' ' if state else ''}{event.message}".rstrip()
+            )
+    stats = engine.stats
+    print(
+        f"{fired} event(s); {stats.evaluations} evaluations, {stats.missing} with missing "
+        f"data, {stats.errors} errors, {stats.suppressed} suppressed"
+    )
+    return EXIT_OK if stats.errors == 0 else EXIT_FAILED
+
+
+class _NullBus:
+    """The engine under `rules test` publishes nothing: events are printed instead."""
+
+    def subscribe(self, *_a: Any, **_k: Any) -> None:  # pragma: no cover - never run
+        raise RuntimeError("not running")
+
+
+def _recorded(path: str) -> list[tuple[float, Any]]:
+    """JSON lines: {"t": s, "device", "point", "value"} or {"t": s, "detection": {...}}."""
+    from gateway.records import Detection, Reading  # noqa: PLC0415
+
+    out: list[tuple[float, Any]] = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            t = float(row["t"])
+            if "detection" in row:
+                d = row["detection"]
+                record: Any = Detection(
+                    camera=d["camera"],
+                    model=d.get("model", "?"),
+                    label=d["label"],
+                    score=float(d.get("score", 1.0)),
+                    box=tuple(d.get("box", (0, 0, 0, 0))),
+                )
+            else:
+                record = Reading(device=row["device"], point=row["point"], value=row["value"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"error: {path}:{n}: not a reading or detection ({exc})") from None
+        out.append((t, record))
+    return sorted(out, key=lambda x: x[0])
+
+
+def _simulated(seconds: float) -> list[tuple[float, Any]]:
+    """The demo's simulated devices, read once a second for `seconds`."""
+    from gateway.demo import DEVICES  # noqa: PLC0415
+    from gateway.records import Reading  # noqa: PLC0415
+
+    out: list[tuple[float, Any]] = []
+    for step in range(int(seconds) + 1):
+        t = float(step)
+        for device, _profile, _unit, sensor in DEVICES:
+            for point, value in sensor(t).items():
+                out.append((t, Reading(device=device, point=point, value=value)))
+    return out
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from rules.signing import load_private, sign  # noqa: PLC0415
+
+    compiled = _compiled(args.file)
+    if compiled is None:
+        return EXIT_USAGE
+    try:
+        key = load_private(Path(args.key).read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: {args.key}: not an Ed25519 private key ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    key_id = args.key_id or Path(args.key).stem
+    signature = sign(Path(args.file).read_bytes(), key)
+    out = Path(args.out or f"{args.file}.sig")
+    out.write_text(json.dumps({"key": key_id, "signature": signature}) + "\n", encoding="utf-8")
+    print(f"signed version {compiled.version} with key {key_id}: {out}")
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    if _compiled(args.file) is None:
+        return EXIT_USAGE
+    text = Path(args.file).read_text(encoding="utf-8")
+    command: dict[str, Any] = {"id": f"push-{uuid.uuid4()}", "args": {"bundle": text}}
+    sig_path = Path(args.signature or f"{args.file}.sig")
+    if sig_path.exists():
+        command["args"].update(json.loads(sig_path.read_text(encoding="utf-8")))
+    elif not args.unsigned:
+        print(
+            f"error: no signature {sig_path} (run `cityneuron rules sign` first)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    if args.group:
+        topic = f"{args.prefix}/fleet/{args.group}/cmd/rules.deploy"
+    else:
+        topic = f"{args.prefix}/{args.node}/cmd/rules.deploy"
+    replies = asyncio.run(_push(args, topic, command))
+    ok = bool(replies) and all(r.get("ok") for r in replies)
+    for reply in replies:
+        if reply.get("ok"):
+            result = reply.get("result", {})
+            print(
+                f"{reply.get('node')}: deployed version {result.get('version')} "
+                f"({result.get('rules')} rules, was {result.get('previous_version')})"
+            )
+        else:
+            err = reply.get("error", {})
+            print(f"{reply.get('node')}: refused ({err.get('code')}): {err.get('message')}")
+    if not replies:
+        print(f"no reply within {args.wait:g}s", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _push(args: argparse.Namespace, topic: str, command: dict[str, Any]) -> list[Any]:
+    import ssl  # noqa: PLC0415
+
+    import aiomqtt  # noqa: PLC0415
+    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
+    from paho.mqtt.properties import Properties  # noqa: PLC0415
+
+    tls = None
+    if not args.no_tls:
+        tls = ssl.create_default_context(cafile=args.ca_file)
+    reply_topic = f"{args.prefix}/operators/{uuid.uuid4()}"
+    replies: list[Any] = []
+    async with aiomqtt.Client(
+        args.host,
+        args.port or (1883 if args.no_tls else 8883),
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=tls,
+    ) as client:
+        await client.subscribe(reply_topic, qos=1)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = command["id"].encode()
+        await client.publish(topic, json.dumps(command), qos=1, properties=props)
+        expected = 1 if not args.group else None
+        try:
+            async with asyncio.timeout(args.wait):
+                async for message in client.messages:
+                    payload = message.payload
+                    replies.append(json.loads(payload if isinstance(payload, bytes) else b"{}"))
+                    if expected is not None and len(replies) >= expected:
+                        break
+        except TimeoutError:
+            pass
+    return replies
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from rules.signing import generate  # noqa: PLC0415
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out / f"{args.id}.key", out / f"{args.id}.pub"
+    if private_path.exists() and not args.force:
+        print(f"error: {private_path} exists (use --force to replace it)", file=sys.stderr)
+        return EXIT_USAGE
+    private, public = generate()
+    private_path.write_bytes(private)
+    private_path.chmod(0o600)
+    public_path.write_text(public + "\n", encoding="utf-8")
+    print(f"private key: {private_path} (keep it off the nodes)")
+    print(f"public key:  {public_path}")
+    print("add to the nodes' config:")
+    print(f"rules:\n  trusted_keys:\n    - {{id: {args.id}, public_key: {public}}}")
+    return EXIT_OK
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `rules` and `keys` on the main parser's subcommands."""
+    rules = sub.add_parser("rules", help="validate, test, sign and push rule bundles")
+    rsub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    p = rsub.add_parser("validate", help="check a bundle (schema and CEL)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+    p = rsub.add_parser("test", help="run a bundle against a stream and print what fires")
+    p.add_argument("file")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--stream", help="recorded readings (JSON lines with t, device, point, value)")
+    src.add_argument(
+        "--simulate",
+        type=float,
+        default=120.0,
+        help="seconds of the demo's simulated devices (default 120)",
+    )
+    p.set_defaults(func=cmd_test)
+    p = rsub.add_parser("sign", help="sign a bundle with an Ed25519 private key")
+    p.add_argument("file")
+    p.add_argument("--key", required=True, help="private key (PEM) from `keys generate`")
+    p.add_argument("--key-id", help="key id the nodes know (default: the key file's name)")
+    p.add_argument("--out", help="signature file (default: FILE.sig)")
+    p.set_defaults(func=cmd_sign)
+    p = rsub.add_parser("push", help="deploy a signed bundle to a node or a fleet group")
+    p.add_argument("file")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--node", help="node id")
+    target.add_argument("--group", help="fleet group")
+    p.add_argument("--host", required=True, help="MQTT broker")
+    p.add_argument("--port", type=int, help="port (8883 with TLS, 1883 without)")
+    p.add_argument("--ca-file", help="CA of the broker's certificate")
+    p.add_argument("--no-tls", action="store_true", help="plain MQTT (test brokers only)")
+    p.add_argument("--signature", help="signature file (default: FILE.sig)")
+    p.add_argument("--unsigned", action="store_true", help="push without a signature")
+    p.add_argument("--prefix", default="cityneuron/v1", help="topic prefix")
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for replies")
+    p.set_defaults(func=cmd_push)
+
+    keys = sub.add_parser("keys", help="manage signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = ksub.add_parser("generate", help="create an Ed25519 key pair for signing bundles")
+    p.add_argument("--id", required=True, help="key id, e.g. ops-2026")
+    p.add_argument("--out", default=".", help="directory for the key files")
+    p.add_argument("--force", action="store_true", help="replace an existing key")
+    p.set_defaults(func=cmd_keys_generate)
