@@ -45,7 +45,15 @@ def parse_duration(value: object) -> object:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+DURATION_TEXT = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
+
+Duration = Annotated[
+    float,
+    BeforeValidator(
+        parse_duration,
+        json_schema_input_type=float | Annotated[str, Field(pattern=DURATION_TEXT)],
+    ),
+]
 
 
 class Section(BaseModel):

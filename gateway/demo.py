@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack, ExitStack
+from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,6 +51,8 @@ node:
 location:
   source: gps
   stale_after: 5s
+rules:
+  file: {rules}
 log:
   level: warning
 mqtt:
@@ -179,6 +182,7 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
             config_path.write_text(
                 CONFIG.format(
                     node=NODE_ID,
+                    rules=resources.files("rules") / "examples" / "city.yaml",
                     data=workdir / "data",
                     broker_port=broker.port,
                     devices="".join(

@@ -129,6 +129,14 @@ class RuleEngine:
         self._by_id = {r.id: r for r in compiled.rules} if compiled else {}
         self._index = {}
         self.stats.swaps += 1
+        # new and changed rules look at the current values at once, not at the next change
+        now = self.monotonic()
+        for rule in compiled.rules if compiled else ():
+            if rule.id in keep or rule.rule.trigger != "reading":
+                continue
+            for device in list(self.values):
+                if rule.applies_to(device):
+                    self._evaluate(rule, device, now, extra=None)
         self._wake.set()
         logger.info(
             "rules: running bundle %s (%d rules, state kept for %d)",
@@ -512,20 +520,19 @@ class RuleEngine:
             sub.close()
 
     async def _next(self, sub: Any) -> Reading | Detection | None:
-        """The next record, or None when a timer is due first."""
-        while True:
-            deadline = self.next_timer()
+        """The next record, or None when a timer is due or the bundle changed."""
+        if self._wake.is_set():
             self._wake.clear()
-            if deadline is None:
-                return await sub.get()  # type: ignore[no-any-return]
-            delay = deadline - self.monotonic()
-            if delay <= 0:
-                return None
-            try:
-                async with asyncio.timeout(delay):
-                    return await sub.get()  # type: ignore[no-any-return]
-            except TimeoutError:
-                return None
+            return None
+        deadline = self.next_timer()
+        delay = None if deadline is None else max(0.0, deadline - self.monotonic())
+        try:
+            async with asyncio.timeout(delay):
+                batch = await sub.get_batch(1, 0.0, wake=self._wake)
+        except TimeoutError:
+            return None
+        self._wake.clear()
+        return batch[0] if batch else None
 
     async def _write(self, device: str, point: str, value: Any, rule_id: str) -> None:
         if self.writer is None:

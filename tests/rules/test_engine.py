@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -259,11 +260,13 @@ def test_swap_keeps_state_of_unchanged_rules_only() -> None:
 """
     )
     e.swap(compile_bundle(changed))
+    # changed condition: fresh state, evaluated against the current values at once
+    (again,) = e.take_events()
+    assert again.kind == "alarm.dust"
+    assert again.data["bundle"] == 2
     # unchanged rule: the alarm is still raised, no second raise
     assert feed(e, "manhole-1", 1, lid_open=True) == []
-    # changed condition: fresh state, so the ongoing condition raises again under v2
-    (again,) = feed(e, "dust", 1, pm10=150)
-    assert again.data["bundle"] == 2
+    assert feed(e, "dust", 1, pm10=150) == []
 
 
 def test_write_action_and_dry_run() -> None:
@@ -308,3 +311,20 @@ rules:
     )
     assert e.dry_run(good) == [{"rule": "high", "device": "site-dust", "holds": True}]
     assert e.stats.errors == 0
+
+
+def test_published_bundle_schema_is_current_and_accepts_the_example() -> None:
+    from pathlib import Path
+
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    from rules.bundle import json_schema
+
+    root = Path(__file__).resolve().parents[2]
+    published = (root / "docs" / "schemas" / "rule-bundle.schema.json").read_text()
+    assert published == json_schema(), "regenerate docs/schemas/rule-bundle.schema.json"
+    schema = json.loads(published)
+    Draft202012Validator.check_schema(schema)
+    example = yaml.safe_load((root / "rules" / "examples" / "city.yaml").read_text())
+    assert list(Draft202012Validator(schema).iter_errors(example)) == []

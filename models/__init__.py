@@ -1,0 +1,1 @@
+"""On-device inference: model packages, sessions, decoders and tiling (see the issues)."""
