@@ -99,6 +99,7 @@ class RuleEngine:
         self.detections = DetectionLog()
         self.stats = EngineStats()
         self._index: dict[tuple[str, str], list[CompiledRule]] = {}
+        self._device_rules: dict[str, list[CompiledRule]] = {}
         self._by_id: dict[str, CompiledRule] = {}
         self._timers: list[_Timer] = []
         self._seq = itertools.count()
@@ -128,6 +129,7 @@ class RuleEngine:
         self.compiled = compiled
         self._by_id = {r.id: r for r in compiled.rules} if compiled else {}
         self._index = {}
+        self._device_rules = {}
         self.stats.swaps += 1
         # new and changed rules look at the current values at once, not at the next change
         now = self.monotonic()
@@ -149,12 +151,15 @@ class RuleEngine:
         key = (device, point)
         rules = self._index.get(key)
         if rules is None:
-            rules = [
-                r
-                for r in (self.compiled.rules if self.compiled else ())
-                if r.rule.trigger == "reading" and r.applies_to(device) and r.triggered_by(point)
-            ]
-            self._index[key] = rules
+            # the rules of a device are found once per device, then filtered per point
+            mine = self._device_rules.get(device)
+            if mine is None:
+                mine = self._device_rules[device] = [
+                    r
+                    for r in (self.compiled.rules if self.compiled else ())
+                    if r.rule.trigger == "reading" and r.applies_to(device)
+                ]
+            rules = self._index[key] = [r for r in mine if r.triggered_by(point)]
         return rules
 
     # --- input -------------------------------------------------------------------------
