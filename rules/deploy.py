@@ -109,6 +109,8 @@ class RuleDeployer:
                 "previous_version": previous,
                 "rules": len(compiled.rules),
                 "dry_run": [d for d in dry if d["holds"]],
+                # conditions that cannot be evaluated yet: not an error, but worth knowing
+                "missing_data": [d for d in dry if d["holds"] is None],
             }
 
     def load_stored(self) -> None:
@@ -177,4 +179,5 @@ class RuleDeployer:
             "evaluations": stats.evaluations,
             "fired": stats.fired,
             "errors": stats.errors,
+            "missing_data": stats.missing,
         }

@@ -465,8 +465,9 @@ class RuleEngine:
     def dry_run(self, compiled: CompiledBundle) -> list[dict[str, Any]]:
         """Evaluate `compiled` against the current values without touching any state.
 
-        Returns what would hold now; raises `ValueError` for an evaluation error that is
-        not just missing data (a type error, a bad function), naming the rule.
+        Returns, per rule and device, whether it holds now (``holds: None`` with the
+        ``missing`` variable when data is lacking); raises `ValueError` for an evaluation
+        error that is not just missing data (a type error, a bad function), naming the rule.
         """
         saved_outbox, saved_reported = self._outbox, set(self._reported)
         results: list[dict[str, Any]] = []
@@ -481,7 +482,16 @@ class RuleEngine:
                     try:
                         holds = rule.when.execute(env)
                     except (RuntimeError, ValueError, TypeError) as exc:
-                        if undefined_name(exc) is not None:
+                        missing = undefined_name(exc)
+                        if missing is not None:
+                            results.append(
+                                {
+                                    "rule": rule.id,
+                                    "device": device,
+                                    "holds": None,
+                                    "missing": missing,
+                                }
+                            )
                             continue
                         raise ValueError(f"rule {rule.id} on {device}: {exc}") from None
                     if not isinstance(holds, bool):

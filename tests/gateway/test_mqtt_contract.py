@@ -29,7 +29,15 @@ def schema(name: str) -> Draft202012Validator:
 
 def test_schemas_are_valid_json_schema() -> None:
     names = sorted(p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json"))
-    assert names == ["command", "detection", "event", "reply", "status", "telemetry"]
+    assert names == [
+        "command",
+        "detection",
+        "event",
+        "reply",
+        "rule-bundle",
+        "status",
+        "telemetry",
+    ]
     for name in names:
         schema(name)
 

@@ -56,7 +56,13 @@ async def test_signed_bundle_is_deployed_persisted_and_reloaded(
 ) -> None:
     d = deployer(tmp_path, keys)
     reply = await d.cmd_deploy(signed(V1.format(version=1), keys))
-    assert reply == {"version": 1, "previous_version": None, "rules": 1, "dry_run": []}
+    assert reply == {
+        "version": 1,
+        "previous_version": None,
+        "rules": 1,
+        "dry_run": [],
+        "missing_data": [],
+    }
     assert fires(d)
     restarted = deployer(tmp_path, keys)
     restarted.load_stored()
@@ -169,3 +175,15 @@ async def test_a_tampered_stored_bundle_is_not_run(
     restarted = deployer(tmp_path, keys)
     restarted.load_stored()
     assert restarted.engine.version == 1  # fell back to the previous, still verified bundle
+
+
+async def test_missing_data_is_reported_not_refused(
+    tmp_path: Path, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    d = deployer(tmp_path, keys)
+    d.engine.on_reading(Reading(device="manhole-1", point="tilt", value=1.0), now=0)
+    reply = await d.cmd_deploy(signed(V1.format(version=1), keys))
+    assert reply["missing_data"] == [
+        {"rule": "lid-open", "device": "manhole-1", "holds": None, "missing": "lid_open"}
+    ]
+    assert fires(d)

@@ -309,7 +309,10 @@ rules:
   - {id: unknown-point, devices: [site-dust], when: pm99 > 1, event: {kind: x}}
 """)
     )
-    assert e.dry_run(good) == [{"rule": "high", "device": "site-dust", "holds": True}]
+    assert e.dry_run(good) == [
+        {"rule": "high", "device": "site-dust", "holds": True},
+        {"rule": "unknown-point", "device": "site-dust", "holds": None, "missing": "pm99"},
+    ]
     assert e.stats.errors == 0
 
 
