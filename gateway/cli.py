@@ -56,6 +56,27 @@ def cmd_version(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plugins(_args: argparse.Namespace) -> int:
+    from gateway.plugins import DECODER_GROUP, load_decoders, load_drivers  # noqa: PLC0415
+
+    registry = load_drivers()
+    print("drivers:")
+    for type_name, driver in sorted(registry.drivers.items()):
+        print(f"  {type_name:<14} {registry.origins[type_name]:<40} API {driver.api_version}")
+    decoders, decoder_failures = load_decoders()
+    print(f"model decoders ({DECODER_GROUP}):")
+    if not decoders:
+        print("  (none installed)")
+    for name, origin in sorted(decoders.items()):
+        print(f"  {name:<14} {origin}")
+    failures = [*registry.failures, *decoder_failures]
+    if failures:
+        print("failed (skipped):")
+        for f in failures:
+            print(f"  {f.name:<14} {f.source}: {f.reason}")
+    return EXIT_OK
+
+
 def _arm_hard_exit(grace: float) -> None:
     """Exit the process if an orderly shutdown hangs (a stuck thread, a swallowed cancel)."""
 
@@ -131,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--workdir", help="directory for the demo's state (a temporary one if unset)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("plugins", help="list driver and decoder plugins, and those that failed")
+    p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

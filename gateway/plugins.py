@@ -19,6 +19,7 @@ from drivers.api import API_VERSION, Driver, DriverConfig, compatible
 logger = logging.getLogger(__name__)
 
 DRIVER_GROUP = "cityneuron.drivers"
+DECODER_GROUP = "cityneuron.models.decoders"
 
 # type -> "module:Class"; imported lazily so that e.g. OpenCV loads only with a camera
 BUILTIN_DRIVERS: dict[str, str] = {
@@ -115,3 +116,29 @@ def load_drivers(*, plugins: bool = True) -> DriverRegistry:
                 continue
             registry.add(obj, source, ep.name)
     return registry
+
+
+def load_decoders() -> tuple[dict[str, str], list[PluginFailure]]:
+    """Custom model output decoders from plugins: name -> origin, and failures.
+
+    A decoder is a callable taking the model's raw outputs and its package description;
+    anything else, or an import error, is reported and skipped.
+    """
+    found: dict[str, str] = {}
+    failures: list[PluginFailure] = []
+    for ep in entry_points(group=DECODER_GROUP):
+        source = f"{ep.dist.name if ep.dist else '?'} ({ep.value})"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the node
+            failures.append(PluginFailure(ep.name, source, f"import failed: {exc!r}"))
+            continue
+        if not callable(obj):
+            failures.append(PluginFailure(ep.name, source, f"{obj!r} is not callable"))
+            continue
+        found[ep.name] = source
+    for failure in failures:
+        logger.error(
+            "decoder plugin %s (%s) skipped: %s", failure.name, failure.source, failure.reason
+        )
+    return found, failures
