@@ -14,7 +14,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import gateway
@@ -24,6 +24,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandError, CommandRouter
 from gateway.config import NodeConfig
 from gateway.devices import DeviceContext, DriverComponent, SharedResources
+from gateway.health import HealthServer
 from gateway.location import LocationService
 from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
@@ -63,6 +64,9 @@ class Gateway:
             max_bytes=config.mqtt.max_command_bytes if config.mqtt else 1024 * 1024
         )
         self.drivers: dict[str, DriverComponent] = {}
+        self.http: HealthServer | None = None
+        self.rules: RuleEngine | None = None
+        self._metric_sources: list[Callable[[], Iterable[Any]]] = []
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.started_at = time.monotonic()
@@ -77,6 +81,9 @@ class Gateway:
         """Components in start order: storage, uplink, then the drivers feeding them."""
         cfg = self.config
         components: list[Component] = []
+        if cfg.http.enabled:
+            self.http = HealthServer(self, cfg.http.host, cfg.http.port)
+            components.append(self.http)
         ttl = cfg.outbox.ttl
         self.outbox = Outbox(
             cfg.outbox.resolved_path(cfg.node.data_dir),
@@ -151,6 +158,14 @@ class Gateway:
         if self.rules.compiled is None and cfg.file is not None:
             self.deployer.load_local(cfg.file)
         return self.rules
+
+    def add_metrics(self, source: Callable[[], Iterable[Any]]) -> None:
+        """Register extra Prometheus metric families (e.g. from the inference runtime)."""
+        self._metric_sources.append(source)
+
+    def extra_metrics(self) -> Iterator[Any]:
+        for source in self._metric_sources:
+            yield from source()
 
     async def write(self, device: str, point: str, value: Any) -> None:
         """Write a device point (commands and rule actions); raises WriteError."""

@@ -206,6 +206,14 @@ class LocationSection(Section):
         return self
 
 
+class HttpSection(Section):
+    enabled: bool = Field(default=True, description="Serve /healthz, /readyz and /metrics.")
+    host: str = Field(
+        default="127.0.0.1", description="Address to bind; keep localhost unless firewalled."
+    )
+    port: int = Field(default=9102, ge=0, le=65535, description="TCP port (0: any free one).")
+
+
 class TrustedKey(Section):
     id: str = Field(min_length=1, max_length=64, description="Key id named by deployments.")
     public_key: str = Field(description="Ed25519 public key: base64 of 32 bytes, or PEM.")
@@ -274,6 +282,9 @@ class NodeConfig(Section):
     )
     rules: RulesSection = Field(
         default_factory=RulesSection, description="Rule engine and remote deployment."
+    )
+    http: HttpSection = Field(
+        default_factory=HttpSection, description="Health and metrics endpoints."
     )
     devices: list[DriverConfig] = Field(
         default_factory=list, description="Devices the node reads; each picks a driver by type."
