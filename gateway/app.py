@@ -29,6 +29,7 @@ from gateway.location import LocationService
 from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
 from gateway.supervisor import Component, RestartPolicy, Supervisor
+from gateway.systemd import SystemdNotifier
 from gateway.uplink import Uplink
 from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
@@ -81,6 +82,9 @@ class Gateway:
         """Components in start order: storage, uplink, then the drivers feeding them."""
         cfg = self.config
         components: list[Component] = []
+        self.systemd = SystemdNotifier(self)
+        if self.systemd.enabled:
+            components.append(self.systemd)
         if cfg.http.enabled:
             self.http = HealthServer(self, cfg.http.host, cfg.http.port)
             components.append(self.http)
