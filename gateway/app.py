@@ -24,6 +24,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandError, CommandRouter
 from gateway.config import NodeConfig
 from gateway.devices import DeviceContext, DriverComponent, SharedResources
+from gateway.discovery import Advertiser
 from gateway.health import HealthServer
 from gateway.location import LocationService
 from gateway.outbox import Outbox, Priority
@@ -88,6 +89,8 @@ class Gateway:
         if cfg.http.enabled:
             self.http = HealthServer(self, cfg.http.host, cfg.http.port)
             components.append(self.http)
+        if cfg.discovery.enabled:
+            components.append(Advertiser(self, cfg.discovery.interfaces))
         ttl = cfg.outbox.ttl
         self.outbox = Outbox(
             cfg.outbox.resolved_path(cfg.node.data_dir),

@@ -77,6 +77,22 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from gateway.discovery import browse  # noqa: PLC0415
+
+    interfaces = [args.interface] if args.interface else None
+    print(f"looking for cityneuron nodes for {args.timeout:g}s...", file=sys.stderr)
+    nodes = asyncio.run(browse(args.timeout, interfaces))
+    for n in nodes:
+        where = ", ".join(f"{a}:{n.port}" for a in n.addresses) or "?"
+        print(
+            f"{n.node:<24} {where:<24} v{n.version:<8} {n.drivers or '-':<20} "
+            f"{n.caps}  {n.name}".rstrip()
+        )
+    print(f"{len(nodes)} node(s) found", file=sys.stderr)
+    return EXIT_OK
+
+
 def _arm_hard_exit(grace: float) -> None:
     """Exit the process if an orderly shutdown hangs (a stuck thread, a swallowed cancel)."""
 
@@ -152,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--workdir", help="directory for the demo's state (a temporary one if unset)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("discover", help="list the cityneuron nodes on the LAN (mDNS)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
+    p.add_argument("--interface", help="IPv4 address of the interface to use")
+    p.set_defaults(func=cmd_discover)
 
     p = sub.add_parser("plugins", help="list driver and decoder plugins, and those that failed")
     p.set_defaults(func=cmd_plugins)

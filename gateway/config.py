@@ -214,6 +214,15 @@ class HttpSection(Section):
     port: int = Field(default=9102, ge=0, le=65535, description="TCP port (0: any free one).")
 
 
+class DiscoverySection(Section):
+    enabled: bool = Field(
+        default=True, description="Announce the node on the LAN (mDNS, _cityneuron._tcp)."
+    )
+    interfaces: list[str] = Field(
+        default_factory=list, description="IPv4 addresses to announce on (all when empty)."
+    )
+
+
 class TrustedKey(Section):
     id: str = Field(min_length=1, max_length=64, description="Key id named by deployments.")
     public_key: str = Field(description="Ed25519 public key: base64 of 32 bytes, or PEM.")
@@ -285,6 +294,9 @@ class NodeConfig(Section):
     )
     http: HttpSection = Field(
         default_factory=HttpSection, description="Health and metrics endpoints."
+    )
+    discovery: DiscoverySection = Field(
+        default_factory=DiscoverySection, description="Announcing the node on the LAN."
     )
     devices: list[DriverConfig] = Field(
         default_factory=list, description="Devices the node reads; each picks a driver by type."

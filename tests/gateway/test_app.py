@@ -69,7 +69,7 @@ async def test_device_readings_reach_the_bus_with_node_id_and_state_event() -> N
 async def test_disabled_device_does_not_run() -> None:
     gw = Gateway(node(CounterConfig(type="counter", id="c1", enabled=False)), registry=registry())
     assert gw.drivers == {}
-    assert [c.name for c in gw.components] == ["http", "outbox", "rules"]
+    assert [c.name for c in gw.components] == ["http", "discovery", "outbox", "rules"]
 
 
 async def test_a_component_that_keeps_failing_stops_the_gateway_with_the_reason() -> None:
@@ -103,7 +103,7 @@ async def test_a_flaky_component_recovers_and_the_others_keep_running() -> None:
         tg.create_task(gw.run(handle_signals=False), name="gateway")
         await asyncio.wait_for(gw.ready.wait(), 5)
         assert flaky.runs == 3
-        assert [s.restarts for s in gw.supervisors] == [0, 0, 0, 0, 2]
+        assert [s.restarts for s in gw.supervisors] == [0, 0, 0, 0, 0, 2]
         gw.request_stop()
     assert journal == ["start outbox", "start uplink", "stop uplink", "stop outbox"]
 
