@@ -93,6 +93,40 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import run_doctor  # noqa: PLC0415
+
+    return asyncio.run(run_doctor(args.config, sys.stdout))
+
+
+def cmd_modbus_scan(args: argparse.Namespace) -> int:
+    from gateway.doctor import modbus_scan  # noqa: PLC0415
+
+    try:
+        first, _, last = args.units.partition("-")
+        units = range(int(first), int(last or first) + 1)
+    except ValueError:
+        print(f"error: --units {args.units!r}: use N or N-M", file=sys.stderr)
+        return EXIT_CONFIG
+    host, port = None, 502
+    if args.tcp:
+        host, _, p = args.tcp.partition(":")
+        port = int(p) if p else 502
+    found = asyncio.run(
+        modbus_scan(
+            sys.stdout,
+            host=host,
+            port=port,
+            serial=args.rtu,
+            baudrate=args.baud,
+            units=units,
+            wait=args.timeout,
+            register=args.register,
+        )
+    )
+    return EXIT_OK if found else EXIT_FAILURE
+
+
 def _arm_hard_exit(grace: float) -> None:
     """Exit the process if an orderly shutdown hangs (a stuck thread, a swallowed cancel)."""
 
@@ -168,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--workdir", help="directory for the demo's state (a temporary one if unset)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("doctor", help="check a box: config, ports, broker, TLS, clock, disk")
+    p.add_argument("--config", "-c", default="/etc/cityneuron/node.yaml", help="node config")
+    p.set_defaults(func=cmd_doctor)
+
+    modbus = sub.add_parser("modbus", help="Modbus field tools")
+    msub = modbus.add_subparsers(dest="modbus_command", required=True, metavar="ACTION")
+    p = msub.add_parser("scan", help="find the unit ids that answer on a line")
+    line = p.add_mutually_exclusive_group(required=True)
+    line.add_argument("--tcp", help="HOST[:PORT] of a Modbus TCP device or gateway")
+    line.add_argument("--rtu", help="serial port of an RS-485 line")
+    p.add_argument("--baud", type=int, default=9600, help="RTU line speed")
+    p.add_argument("--units", default="1-247", help="unit ids to probe, N or N-M")
+    p.add_argument("--register", type=int, default=0, help="holding register to read")
+    p.add_argument("--timeout", type=float, default=0.3, help="seconds per unit")
+    p.set_defaults(func=cmd_modbus_scan)
 
     p = sub.add_parser("discover", help="list the cityneuron nodes on the LAN (mDNS)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
