@@ -1,0 +1,32 @@
+"""The unit and the container keep their promises (dedicated user, hardening)."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
+
+
+def test_systemd_unit_is_hardened() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(PACKAGING / "systemd" / "cityneuron.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert service["User"] == "cityneuron"
+    assert service["ProtectSystem"] == "strict"
+    assert service["ReadWritePaths"] == "/var/lib/cityneuron"
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["CapabilityBoundingSet"] == ""
+    assert service["DevicePolicy"] == "closed"
+    assert "WatchdogSec" in service
+    assert service["ExecStart"].endswith("run --config /etc/cityneuron/node.yaml")
+
+
+def test_container_runs_unprivileged_from_a_venv() -> None:
+    text = (PACKAGING / "docker" / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert "USER cityneuron" in lines
+    assert any(line.startswith("HEALTHCHECK") for line in lines)
+    assert "ENV PATH=/opt/cityneuron/venv/bin:$PATH PYTHONUNBUFFERED=1" in lines
