@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from typing import get_args
 
 from drivers.api import API_VERSION, Driver, DriverConfig, compatible
+from models.api import DECODER_API_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ def load_drivers(*, plugins: bool = True) -> DriverRegistry:
 def load_decoders() -> tuple[dict[str, str], list[PluginFailure]]:
     """Custom model output decoders from plugins: name -> origin, and failures.
 
-    A decoder is a callable taking the model's raw outputs and its package description;
-    anything else, or an import error, is reported and skipped.
+    A decoder is a callable with a compatible ``api_version`` (models/api.py); anything
+    else, or an import error, is reported and skipped.
     """
     found: dict[str, str] = {}
     failures: list[PluginFailure] = []
@@ -135,6 +136,16 @@ def load_decoders() -> tuple[dict[str, str], list[PluginFailure]]:
             continue
         if not callable(obj):
             failures.append(PluginFailure(ep.name, source, f"{obj!r} is not callable"))
+            continue
+        version = getattr(obj, "api_version", None)
+        if not isinstance(version, str) or not compatible(version, DECODER_API_VERSION):
+            failures.append(
+                PluginFailure(
+                    ep.name,
+                    source,
+                    f"written for decoder API {version}, this gateway offers {DECODER_API_VERSION}",
+                )
+            )
             continue
         found[ep.name] = source
     for failure in failures:

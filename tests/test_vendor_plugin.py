@@ -83,13 +83,30 @@ async def test_the_plugin_runs_in_a_gateway_from_a_yaml_config(tmp_path: Path) -
 def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -> None:
     """Plugins installed as distributions whose driver fails to import or is too new."""
     site = tmp_path / "site"
-    for name, target in (("broken", "broken_mod:Driver"), ("future", "future_mod:Driver")):
-        dist = site / f"cityneuron_{name}-1.0.dist-info"
+    plugins = (
+        ("broken", "cityneuron.drivers", "broken_mod:Driver"),
+        ("future", "cityneuron.drivers", "future_mod:Driver"),
+        ("yolo-ok", "cityneuron.models.decoders", "decoders_mod:good"),
+        ("yolo-old", "cityneuron.models.decoders", "decoders_mod:old"),
+    )
+    for name, group, target in plugins:
+        dist = site / f"cityneuron_{name.replace('-', '_')}-1.0.dist-info"
         dist.mkdir(parents=True)
         (dist / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: cityneuron-{name}\nVersion: 1.0\n"
         )
-        (dist / "entry_points.txt").write_text(f"[cityneuron.drivers]\n{name} = {target}\n")
+        (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {target}\n")
+    (site / "decoders_mod.py").write_text(
+        textwrap.dedent("""\
+        def good(outputs, spec):
+            return []
+        good.api_version = "1.0"
+
+        def old(outputs, spec):
+            return []
+        old.api_version = "0.1"
+        """)
+    )
     (site / "broken_mod.py").write_text("import no_such_dependency\n")
     (site / "future_mod.py").write_text(
         textwrap.dedent("""\
@@ -127,6 +144,11 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
     )
     assert (
         "future         cityneuron-future (future_mod:Driver): written for driver API 2.0, "
+        "this gateway offers 1.0" in result.stdout
+    )
+    assert "yolo-ok        cityneuron-yolo-ok (decoders_mod:good)" in result.stdout
+    assert (
+        "yolo-old       cityneuron-yolo-old (decoders_mod:old): written for decoder API 0.1, "
         "this gateway offers 1.0" in result.stdout
     )
     # the node itself still starts with such plugins around
