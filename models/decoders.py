@@ -1,0 +1,147 @@
+"""Output decoders for the common model layouts, and class-aware NMS.
+
+All return detections as arrays: boxes [N, 4] (x1, y1, x2, y2 in input pixels), scores
+[N] and class indices [N], after score filtering and NMS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from models.package import ModelSpec
+
+F32 = npt.NDArray[np.float32]
+I32 = npt.NDArray[np.int32]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    boxes: F32  # [N, 4] x1 y1 x2 y2, input pixels
+    scores: F32  # [N]
+    classes: I32  # [N]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @staticmethod
+    def empty() -> Decoded:
+        return Decoded(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+
+class DecodeError(ValueError):
+    """The model's output does not have the layout its model.yaml declares."""
+
+
+def _xywh_to_xyxy(b: F32) -> F32:
+    out = np.empty_like(b)
+    out[:, 0] = b[:, 0] - b[:, 2] / 2
+    out[:, 1] = b[:, 1] - b[:, 3] / 2
+    out[:, 2] = b[:, 0] + b[:, 2] / 2
+    out[:, 3] = b[:, 1] + b[:, 3] / 2
+    return out
+
+
+def _thresholds(spec: ModelSpec) -> F32:
+    return np.asarray([spec.score_threshold(i) for i in range(len(spec.classes))], np.float32)
+
+
+def nms(d: Decoded, iou: float, max_detections: int) -> Decoded:
+    """Class-aware non-maximum suppression (boxes of different classes never suppress
+    each other), highest scores first, at most `max_detections` kept."""
+    if len(d) == 0:
+        return d
+    xywh = np.column_stack(
+        [d.boxes[:, 0], d.boxes[:, 1], d.boxes[:, 2] - d.boxes[:, 0], d.boxes[:, 3] - d.boxes[:, 1]]
+    )
+    keep = cv2.dnn.NMSBoxesBatched(
+        xywh.tolist(), d.scores.tolist(), d.classes.tolist(), 0.0, iou, top_k=max_detections
+    )
+    idx = np.asarray(keep, np.int64).reshape(-1)
+    idx = idx[np.argsort(-d.scores[idx], kind="stable")][:max_detections]
+    return Decoded(d.boxes[idx], d.scores[idx], d.classes[idx])
+
+
+def _finish(spec: ModelSpec, boxes: F32, scores: F32, classes: I32) -> Decoded:
+    if len(classes) and (classes.min() < 0 or classes.max() >= len(spec.classes)):
+        raise DecodeError(
+            f"class index {int(classes.max())} outside the {len(spec.classes)} classes of "
+            "model.yaml"
+        )
+    keep = scores >= _thresholds(spec)[classes] if len(classes) else np.zeros(0, bool)
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    if spec.output.boxes_normalized:
+        boxes = boxes * np.asarray([*spec.input.size, *spec.input.size], np.float32)
+    finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+    d = Decoded(
+        boxes[finite].astype(np.float32),
+        scores[finite].astype(np.float32),
+        classes[finite].astype(np.int32),
+    )
+    return nms(d, spec.thresholds.iou, spec.max_detections)
+
+
+def yolov5(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
+    """[1, N, 5 + C]: cx, cy, w, h, objectness, class probabilities."""
+    out = np.asarray(outputs[0], np.float32)
+    c = len(spec.classes)
+    if out.ndim != 3 or out.shape[0] != 1 or out.shape[2] != 5 + c:
+        raise DecodeError(f"yolov5 output must be [1, N, {5 + c}], got {list(out.shape)}")
+    rows = out[0]
+    cls_scores = rows[:, 5:] * rows[:, 4:5]
+    classes = cls_scores.argmax(axis=1).astype(np.int32)
+    scores = cls_scores[np.arange(len(rows)), classes]
+    return _finish(spec, _xywh_to_xyxy(rows[:, :4]), scores, classes)
+
+
+def yolov8(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
+    """[1, 4 + C, N] (YOLOv8 to v11): cx, cy, w, h, class scores; no objectness."""
+    out = np.asarray(outputs[0], np.float32)
+    c = len(spec.classes)
+    if out.ndim != 3 or out.shape[0] != 1 or out.shape[1] != 4 + c:
+        raise DecodeError(f"yolov8 output must be [1, {4 + c}, N], got {list(out.shape)}")
+    rows = out[0].T
+    cls_scores = rows[:, 4:]
+    classes = cls_scores.argmax(axis=1).astype(np.int32)
+    scores = cls_scores[np.arange(len(rows)), classes]
+    return _finish(spec, _xywh_to_xyxy(rows[:, :4]), scores, classes)
+
+
+def end2end(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
+    """[1, K, 6]: x1, y1, x2, y2, score, class (NMS done inside the model)."""
+    out = np.asarray(outputs[0], np.float32)
+    if out.ndim != 3 or out.shape[0] != 1 or out.shape[2] != 6:
+        raise DecodeError(f"end2end output must be [1, K, 6], got {list(out.shape)}")
+    rows = out[0]
+    return _finish(spec, rows[:, :4], rows[:, 4], rows[:, 5].round().astype(np.int32))
+
+
+def classification(
+    outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec
+) -> tuple[int, float, F32]:
+    """[1, C] logits or probabilities -> (best class, its probability, all probabilities)."""
+    out = np.asarray(outputs[0], np.float32).reshape(-1)
+    if out.shape[0] != len(spec.classes):
+        raise DecodeError(
+            f"classification output has {out.shape[0]} values for {len(spec.classes)} classes"
+        )
+    logits = spec.output.logits
+    if logits is None:
+        logits = bool(out.min() < 0 or out.max() > 1 or abs(float(out.sum()) - 1) > 1e-3)
+    probs = out
+    if logits:
+        e = np.exp(out - out.max())
+        probs = (e / e.sum()).astype(np.float32)
+    best = int(probs.argmax())
+    return best, float(probs[best]), probs
+
+
+DETECTORS: dict[str, Callable[[Sequence[npt.NDArray[np.generic]], ModelSpec], Decoded]] = {
+    "yolov5": yolov5,
+    "yolov8": yolov8,
+    "end2end": end2end,
+}
