@@ -1,0 +1,119 @@
+"""Decoders on constructed outputs whose correct boxes are known, for every layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.decoders import DecodeError, classification, end2end, nms, yolov5, yolov8, Decoded
+from models.package import ModelSpec
+
+CLASSES = ["crack", "pothole", "manhole"]
+
+
+def spec(decoder: str = "yolov8", **kw: object) -> ModelSpec:
+    return ModelSpec.model_validate(
+        {
+            "name": "t",
+            "sha256": "0" * 64,
+            "input": {"size": [640, 640]},
+            "output": {"decoder": decoder},
+            "classes": CLASSES,
+            **kw,
+        }
+    )
+
+
+def boxes(d: Decoded) -> list[tuple[int, float, list[float]]]:
+    return [
+        (int(c), round(float(s), 3), [round(float(v), 1) for v in b])
+        for b, s, c in zip(d.boxes, d.scores, d.classes, strict=True)
+    ]
+
+
+def test_yolov8_layout_is_transposed_and_has_no_objectness() -> None:
+    # two real objects, a duplicate of the first (suppressed) and a weak one (filtered)
+    rows = np.array(
+        [
+            [100, 100, 40, 20, 0.9, 0.05, 0.0],  # crack at (80, 90)-(120, 110)
+            [102, 101, 40, 20, 0.8, 0.0, 0.0],  # same crack, lower score: NMS removes it
+            [300, 200, 60, 60, 0.0, 0.7, 0.1],  # pothole at (270, 170)-(330, 230)
+            [500, 500, 10, 10, 0.0, 0.0, 0.1],  # below the 0.25 threshold
+        ],
+        np.float32,
+    )
+    out = rows.T[np.newaxis]  # [1, 4 + C, N]
+    assert boxes(yolov8([out], spec())) == [
+        (0, 0.9, [80.0, 90.0, 120.0, 110.0]),
+        (1, 0.7, [270.0, 170.0, 330.0, 230.0]),
+    ]
+
+
+def test_yolov5_layout_multiplies_objectness_and_class_probability() -> None:
+    rows = np.array(
+        [
+            [100, 100, 40, 20, 0.9, 0.9, 0.1, 0.0],  # 0.81 crack
+            [300, 200, 60, 60, 0.5, 0.1, 0.8, 0.0],  # 0.40 pothole
+            [300, 200, 60, 60, 0.2, 0.1, 0.9, 0.0],  # 0.18: filtered
+        ],
+        np.float32,
+    )
+    assert boxes(yolov5([rows[np.newaxis]], spec("yolov5"))) == [
+        (0, 0.81, [80.0, 90.0, 120.0, 110.0]),
+        (1, 0.4, [270.0, 170.0, 330.0, 230.0]),
+    ]
+
+
+def test_end_to_end_layout_and_normalised_boxes() -> None:
+    rows = np.array([[0.1, 0.2, 0.3, 0.4, 0.95, 2], [0, 0, 0, 0, 0.0, 0]], np.float32)
+    s = spec("end2end", output={"decoder": "end2end", "boxes_normalized": True})
+    assert boxes(end2end([rows[np.newaxis]], s)) == [(2, 0.95, [64.0, 128.0, 192.0, 256.0])]
+
+
+def test_nms_is_class_aware() -> None:
+    d = Decoded(
+        np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10]], np.float32),
+        np.array([0.9, 0.8, 0.7], np.float32),
+        np.array([0, 0, 1], np.int32),
+    )
+    kept = nms(d, 0.5, 10)
+    # the overlapping box of the same class goes; the other class's identical box stays
+    assert boxes(kept) == [(0, 0.9, [0, 0, 10, 10]), (1, 0.7, [0, 0, 10, 10])]
+    assert len(nms(d, 0.5, 1)) == 1
+
+
+def test_per_class_thresholds() -> None:
+    rows = np.array(
+        [[100, 100, 40, 20, 0.3, 0.0, 0.0], [300, 200, 60, 60, 0.0, 0.3, 0.0]], np.float32
+    )
+    s = spec(thresholds={"score": 0.25, "per_class": {"pothole": 0.5}})
+    assert [c for c, _, _ in boxes(yolov8([rows.T[np.newaxis]], s))] == [0]
+
+
+def test_classification_logits_and_probabilities() -> None:
+    s = spec("classification", task="classify")
+    best, prob, probs = classification([np.array([[2.0, 0.5, -1.0]], np.float32)], s)
+    assert best == 0
+    assert prob == pytest.approx(np.exp(2) / (np.exp(2) + np.exp(0.5) + np.exp(-1)))
+    assert probs.sum() == pytest.approx(1.0)
+    best, prob, _ = classification([np.array([[0.1, 0.7, 0.2]], np.float32)], s)
+    assert (best, prob) == (1, pytest.approx(0.7))
+
+
+@pytest.mark.parametrize(
+    ("fn", "decoder", "shape", "message"),
+    [
+        (yolov8, "yolov8", (1, 6, 100), r"yolov8 output must be \[1, 7, N\], got \[1, 6, 100\]"),
+        (yolov5, "yolov5", (1, 100, 7), r"yolov5 output must be \[1, N, 8\]"),
+        (end2end, "end2end", (1, 100, 7), r"end2end output must be \[1, K, 6\]"),
+    ],
+)
+def test_wrong_output_shapes_are_named(fn, decoder, shape, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DecodeError, match=message):
+        fn([np.zeros(shape, np.float32)], spec(decoder))
+
+
+def test_class_index_out_of_range() -> None:
+    rows = np.array([[0, 0, 10, 10, 0.9, 7]], np.float32)
+    with pytest.raises(DecodeError, match="class index 7 outside the 3 classes"):
+        end2end([rows[np.newaxis]], spec("end2end"))
