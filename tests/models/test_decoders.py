@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.decoders import DecodeError, classification, end2end, nms, yolov5, yolov8, Decoded
+from models.decoders import Decoded, DecodeError, classification, end2end, nms, yolov5, yolov8
 from models.package import ModelSpec
 
 CLASSES = ["crack", "pothole", "manhole"]
