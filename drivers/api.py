@@ -25,9 +25,9 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clock import Clock
-from gateway.records import Quality, Reading, Value
+from gateway.records import Detection, Quality, Reading, Value
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"  # 1.1: infer() and publish_detection() for camera drivers
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -114,6 +114,18 @@ class DriverContext(Protocol):
         The first user creates it with `factory`; it is closed (its ``aclose()`` awaited,
         if it has one) when the last user leaves the ``async with`` block.
         """
+        ...
+
+    async def infer(self, model: str, image: Any) -> list[Any]:
+        """(API 1.1) Run the node's model `model` on a BGR image, off the event loop.
+
+        Returns found objects (``label``, ``score``, ``box`` in image pixels); raises
+        LookupError when the model is not loaded, with the reason.
+        """
+        ...
+
+    async def publish_detection(self, detection: Detection, snapshot: bytes | None = None) -> None:
+        """(API 1.1) Hand a detection to the node, with the JPEG of its frame if any."""
         ...
 
 

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import gateway
@@ -29,6 +30,7 @@ from gateway.health import HealthServer
 from gateway.location import LocationService
 from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
+from gateway.snapshots import SnapshotStore
 from gateway.supervisor import Component, RestartPolicy, Supervisor
 from gateway.systemd import SystemdNotifier
 from gateway.uplink import Uplink
@@ -114,6 +116,8 @@ class Gateway:
             stale_after=loc.stale_after,
         )
         self.outbox.locate = self.location.snapshot
+        self.snapshots = SnapshotStore()
+        self.outbox.snapshots = self.snapshots
         components.append(self.outbox)
         if cfg.mqtt is not None:
             self.uplink = Uplink(
@@ -127,6 +131,16 @@ class Gateway:
         if loc.source is not None:
             components.append(self.location)
         components.append(self._build_rules())
+        self.models = None
+        if cfg.models.packages:
+            from models.registry import ModelRegistry  # noqa: PLC0415 - onnxruntime only if used
+
+            self.models = ModelRegistry(
+                cfg.models.packages, threads=cfg.models.threads, watchdog=cfg.models.watchdog
+            )
+            components.append(self.models)
+            self.commands.register("models.status", self._cmd_models_status)
+            self.commands.register("models.swap", self._cmd_models_swap)
         for device in self.config.devices:
             if not device.enabled:
                 logger.info("device %s is disabled in the config", device.id)
@@ -139,6 +153,8 @@ class Gateway:
                 clock=self.clock,
                 shared=self.shared,
                 driver_type=device.type,
+                models=self.models,
+                snapshots=self.snapshots,
             )
             component = DriverComponent(driver_cls(device), ctx)
             self.drivers[device.id] = component
@@ -165,6 +181,25 @@ class Gateway:
         if self.rules.compiled is None and cfg.file is not None:
             self.deployer.load_local(cfg.file)
         return self.rules
+
+    async def _cmd_models_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        del args
+        return self.models.status() if self.models else {}
+
+    async def _cmd_models_swap(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Replace a model with the package in a folder on the node (pushed beforehand)."""
+        from models.package import ModelError  # noqa: PLC0415
+
+        name, path = args.get("name"), args.get("path")
+        if not isinstance(name, str) or not isinstance(path, str):
+            raise CommandError("invalid_args", "models.swap needs args name and path")
+        if self.models is None or name not in self.models.packages:
+            raise CommandError("unknown_model", f"no model {name!r} on this node")
+        try:
+            model = await self.models.swap(name, Path(path))
+        except ModelError as exc:
+            raise CommandError("model_refused", str(exc)) from None
+        return {"name": name, "model": model.spec.name, "version": model.spec.version}
 
     def add_metrics(self, source: Callable[[], Iterable[Any]]) -> None:
         """Register extra Prometheus metric families (e.g. from the inference runtime)."""

@@ -223,6 +223,26 @@ class DiscoverySection(Section):
     )
 
 
+class ModelsSection(Section):
+    packages: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Model packages by name: a folder with model.onnx and model.yaml.",
+    )
+    threads: int = Field(default=2, ge=1, le=64, description="onnxruntime threads per model.")
+    watchdog: Duration = Field(
+        default=10.0, gt=0, description="An inference taking longer is reported as hung."
+    )
+
+    @field_validator("packages")
+    @classmethod
+    def _relative(cls, value: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
+        base = (info.context or {}).get("config_dir")
+        return {
+            name: (Path(base) / p if base and not p.is_absolute() else p)
+            for name, p in value.items()
+        }
+
+
 class TrustedKey(Section):
     id: str = Field(min_length=1, max_length=64, description="Key id named by deployments.")
     public_key: str = Field(description="Ed25519 public key: base64 of 32 bytes, or PEM.")
@@ -297,6 +317,9 @@ class NodeConfig(Section):
     )
     discovery: DiscoverySection = Field(
         default_factory=DiscoverySection, description="Announcing the node on the LAN."
+    )
+    models: ModelsSection = Field(
+        default_factory=ModelsSection, description="ONNX models for the cameras."
     )
     devices: list[DriverConfig] = Field(
         default_factory=list, description="Devices the node reads; each picks a driver by type."

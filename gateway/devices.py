@@ -14,7 +14,8 @@ from typing import Any, TypeVar, cast
 from drivers.api import Driver, DriverContext
 from gateway.bus import Bus
 from gateway.clock import Clock
-from gateway.records import Event, Quality, Reading, Severity, Value, stamp
+from gateway.records import Detection, Event, Quality, Reading, Severity, Value, stamp
+from gateway.snapshots import SnapshotStore
 from gateway.supervisor import Ready
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class DeviceContext(DriverContext):
         clock: Clock,
         shared: SharedResources,
         driver_type: str,
+        models: Any = None,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self._node_id = node_id
         self._device_id = device_id
@@ -81,6 +84,9 @@ class DeviceContext(DriverContext):
         self.online: bool | None = None
         self.reason = ""
         self.published = 0
+        self.detections = 0
+        self._models = models
+        self._snapshots = snapshots
 
     @property
     def node_id(self) -> str:
@@ -148,6 +154,18 @@ class DeviceContext(DriverContext):
         self, key: str, factory: Callable[[], Awaitable[T]]
     ) -> contextlib.AbstractAsyncContextManager[T]:
         return self._shared.use(key, factory)
+
+    async def infer(self, model: str, image: Any) -> list[Any]:
+        if self._models is None:
+            raise LookupError(f"model {model!r}: this node has no models configured")
+        found: list[Any] = await self._models.infer(model, image)
+        return found
+
+    async def publish_detection(self, detection: Detection, snapshot: bytes | None = None) -> None:
+        if snapshot is not None and self._snapshots is not None and detection.frame_id:
+            self._snapshots.put(detection.frame_id, snapshot)
+        self.detections += 1
+        await self._bus.publish(stamp(detection, self._node_id))
 
 
 class DriverComponent:

@@ -43,6 +43,7 @@ from typing import Any, Literal, TypeVar
 
 from gateway.bus import Bus, DropPolicy
 from gateway.records import Detection, Event, Reading, Record, Severity, new_id
+from gateway.snapshots import SnapshotStore
 from gateway.supervisor import Ready
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ T = TypeVar("T")
 
 ROW_OVERHEAD = 96  # bytes of index and row header counted per message against the budget
 REPORT_RESERVE = 2048  # room kept for the outbox.dropped event that reports an eviction
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: raw (binary) messages such as snapshots
 
 
 class Priority(IntEnum):
@@ -78,11 +79,14 @@ class Message:
     priority: Priority
     topic: str  # relative to the node's topic root, e.g. "telemetry/pump-1"
     stream: str  # ordering key (device or event source)
-    body: bytes  # JSON object without "seq"
+    body: bytes  # JSON object without "seq", or raw bytes (a JPEG)
     count: int  # records inside (readings in a telemetry batch)
+    raw: bool = False
 
     def payload(self) -> bytes:
-        """The JSON sent upstream: the body with the sequence number added."""
+        """What is sent upstream: a JSON body with the sequence number added, or raw bytes."""
+        if self.raw:
+            return self.body
         return b'{"seq":%d,' % self.seq + self.body[1:]
 
 
@@ -113,6 +117,7 @@ class _Pending:
     body: bytes
     count: int
     created: float
+    raw: bool = False
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -136,13 +141,17 @@ def pack(
     node: str,
     batch_max: int,
     now: float,
+    *,
     locate: Callable[[], dict[str, Any] | None] | None = None,
+    snapshots: SnapshotStore | None = None,
 ) -> list[_Pending]:
     """Turn records into messages: readings grouped per device (in arrival order, at most
     `batch_max` per message), every event and detection a message of its own; an event
-    without a location gets the node's current one from `locate`."""
+    without a location gets the node's current one from `locate`; a detection whose frame
+    has a JPEG in `snapshots` names it and is followed by a raw message carrying it."""
     out: list[_Pending] = []
     by_device: dict[str, list[Reading]] = {}
+    pictured: set[str] = set()
     for record in records:
         if isinstance(record, Reading):
             by_device.setdefault(record.device, []).append(record)
@@ -151,11 +160,22 @@ def pack(
         body["node"] = node
         if isinstance(record, Event) and record.location is None and locate is not None:
             body["location"] = locate()
+        jpeg = None
         if isinstance(record, Event):
             topic, stream = f"events/{record.kind}", record.source
         else:
             topic, stream = "events/detection", record.camera
+            if snapshots is not None and record.frame_id:
+                jpeg = snapshots.take(record.frame_id)
+                snap = f"snapshots/{record.frame_id}"
+                if jpeg is not None or record.frame_id in pictured:
+                    body["snapshot"] = snap  # every detection of the frame names its picture
+                    pictured.add(record.frame_id)
         out.append(_Pending(record.id, priority_of(record), topic, stream, _dumps(body), 1, now))
+        if jpeg is not None:
+            # the picture follows its detection, at telemetry priority: events go first and
+            # a full outbox drops pictures before any event
+            out.append(_Pending(new_id(), Priority.TELEMETRY, snap, stream, jpeg, 1, now, True))
     for device, readings in by_device.items():
         for start in range(0, len(readings), batch_max):
             chunk = readings[start : start + batch_max]
@@ -204,7 +224,7 @@ class OutboxStore:
         self.db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'full' else 'NORMAL'}")
         self.db.execute("PRAGMA journal_size_limit=16777216")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise RuntimeError(f"{path}: outbox schema {version} is newer than this software")
         self.db.executescript(
             """
@@ -217,12 +237,15 @@ class OutboxStore:
                 body BLOB NOT NULL,
                 count INTEGER NOT NULL,
                 size INTEGER NOT NULL,
-                created REAL NOT NULL
+                created REAL NOT NULL,
+                raw INTEGER NOT NULL DEFAULT 0
             );
             CREATE INDEX IF NOT EXISTS messages_by_priority ON messages(priority, seq);
-            PRAGMA user_version = 1;
             """
         )
+        if version == 1:  # outboxes written before snapshots: add the column, keep the data
+            self.db.execute("ALTER TABLE messages ADD COLUMN raw INTEGER NOT NULL DEFAULT 0")
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._refresh_stats()
 
     def _refresh_stats(self) -> None:
@@ -284,8 +307,8 @@ class OutboxStore:
     @staticmethod
     def _insert(cur: sqlite3.Cursor, pending: Sequence[_Pending]) -> None:
         cur.executemany(
-            "INSERT INTO messages (id, priority, topic, stream, body, count, size, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (id, priority, topic, stream, body, count, size, created, raw)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     p.id,
@@ -296,6 +319,7 @@ class OutboxStore:
                     p.count,
                     len(p.body) + ROW_OVERHEAD,
                     p.created,
+                    int(p.raw),
                 )
                 for p in pending
             ],
@@ -357,14 +381,16 @@ class OutboxStore:
         out: list[Message] = []
         # fetch a little more than needed; `exclude` is small (in-flight window + acks)
         rows = self.db.execute(
-            "SELECT seq, id, priority, topic, stream, body, count FROM messages"
+            "SELECT seq, id, priority, topic, stream, body, count, raw FROM messages"
             " ORDER BY priority, seq LIMIT ?",
             (limit + len(exclude),),
         ).fetchall()
-        for seq, mid, prio, topic, stream, body, count in rows:
+        for seq, mid, prio, topic, stream, body, count, raw in rows:
             if seq in exclude:
                 continue
-            out.append(Message(seq, mid, Priority(prio), topic, stream, bytes(body), count))
+            out.append(
+                Message(seq, mid, Priority(prio), topic, stream, bytes(body), count, bool(raw))
+            )
             if len(out) == limit:
                 break
         return out
@@ -410,6 +436,7 @@ class Outbox:
         self.available = asyncio.Event()
         self.committed = asyncio.Event()  # pulses after each commit (for waiting in tests)
         self.locate: Callable[[], dict[str, Any] | None] | None = None
+        self.snapshots: SnapshotStore | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._acked: set[int] = set()  # acknowledged, deletion not yet committed
         self._deleting: set[int] = set()  # deletion being committed right now
@@ -497,7 +524,14 @@ class Outbox:
         store = self._open_store()
         self._acked = set()
         self._deleting = acked
-        pending = pack(records, self.node, self.batch_max, time.time(), self.locate)
+        pending = pack(
+            records,
+            self.node,
+            self.batch_max,
+            time.time(),
+            locate=self.locate,
+            snapshots=self.snapshots,
+        )
         try:
             await self._call(
                 functools.partial(

@@ -26,6 +26,7 @@ DECODER_GROUP = "cityneuron.models.decoders"
 BUILTIN_DRIVERS: dict[str, str] = {
     "modbus": "drivers.modbus.driver:ModbusDriver",
     "serial": "drivers.serial.driver:SerialDriver",
+    "camera": "drivers.camera.driver:CameraDriver",
 }
 
 

@@ -218,16 +218,17 @@ class Uplink:
 
     # --- sending -----------------------------------------------------------------------
 
-    def _properties(self) -> Properties | None:
+    def _properties(self, content_type: str = "application/json") -> Properties | None:
         if not self.v5:
             return None
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = "application/json"
+        props.ContentType = content_type
         return props
 
     async def _send_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         window = self.config.max_inflight
         props = self._properties()
+        raw_props = self._properties("image/jpeg")
         while True:
             while len(self._inflight) >= window:
                 self._slot_free.clear()
@@ -236,7 +237,10 @@ class Uplink:
             for msg in msgs:
                 self._inflight[msg.seq] = msg
                 # tasks start in creation order, so the broker sees messages in order
-                tg.create_task(self._publish(client, msg, props), name=f"uplink.publish[{msg.seq}]")
+                tg.create_task(
+                    self._publish(client, msg, raw_props if msg.raw else props),
+                    name=f"uplink.publish[{msg.seq}]",
+                )
 
     async def _publish(
         self, client: aiomqtt.Client, msg: Message, props: Properties | None

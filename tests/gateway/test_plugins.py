@@ -45,7 +45,7 @@ def test_builtin_drivers_are_loaded() -> None:
     ("candidate", "reason"),
     [
         (object, "is not a subclass of drivers.api.Driver"),
-        (Future, "written for driver API 2.0, this gateway offers 1.0"),
+        (Future, "written for driver API 2.0, this gateway offers 1.1"),
         (WrongTag, "config_model.type must be annotated Literal['wrongtag']"),
     ],
 )

@@ -1,0 +1,227 @@
+"""The camera driver: frames from a source, through the motion gate, into a model.
+
+Sources: RTSP, HTTP/MJPEG and TCP streams, USB/V4L2 devices (``/dev/video0``) and video
+files, through OpenCV. Frames are captured in their own thread and processed at `fps`, the
+newest first (older ones are dropped, never queued). Detections go to the node as records
+with an optional JPEG snapshot of their frame (bounded in size, boxes drawn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal, cast
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.api import Driver, DriverConfig, DriverContext
+from drivers.camera.motion import MotionGate
+from drivers.camera.source import FrameSource
+from gateway.config import Duration
+from gateway.records import Detection, new_id
+
+logger = logging.getLogger(__name__)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MotionConfig(_Model):
+    enabled: bool = Field(default=True, description="Skip inference while nothing moves.")
+    threshold: int = Field(default=25, ge=1, le=255, description="Grey-level change per pixel.")
+    min_area: float = Field(
+        default=0.002, gt=0, le=1, description="Share of the picture that must change."
+    )
+    masks: list[list[tuple[float, float]]] = Field(
+        default_factory=list,
+        description="Polygons (0-1 coordinates) to ignore: trees, a clock, a road sign.",
+    )
+
+
+class SnapshotConfig(_Model):
+    enabled: bool = Field(default=True, description="Attach a JPEG of the frame.")
+    max_bytes: int = Field(default=150_000, ge=5_000, description="Largest JPEG sent.")
+    quality: int = Field(default=80, ge=20, le=100, description="JPEG quality.")
+    max_width: int = Field(default=1280, ge=160, description="Frames are scaled down to this.")
+    draw_boxes: bool = Field(default=True, description="Draw the detections on it.")
+
+
+class CameraConfig(DriverConfig):
+    """A camera and the model that looks at it."""
+
+    type: Literal["camera"] = Field(description="Driver type.")
+    source: str = Field(
+        description="rtsp://..., http://... (MJPEG), tcp://..., /dev/video0, or a video file."
+    )
+    fps: float = Field(default=5.0, gt=0, le=60, description="Frames processed per second.")
+    model: str | None = Field(default=None, description="Name of a model in `models`.")
+    labels: list[str] = Field(
+        default_factory=list, description="Report only these labels (all when empty)."
+    )
+    min_score: float | None = Field(
+        default=None, ge=0, le=1, description="Raise the model's score threshold here."
+    )
+    stale_after: Duration = Field(
+        default=5.0, gt=0, description="Reconnect when no frame came for this long."
+    )
+    reconnect_max: Duration = Field(default=30.0, gt=0, description="Longest reconnect wait.")
+    loop: bool = Field(default=False, description="Play a video file in a loop (tests, demos).")
+    motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Snapshots.")
+
+
+def encode_snapshot(
+    frame: npt.NDArray[np.uint8], found: list[Any], cfg: SnapshotConfig
+) -> bytes | None:
+    """A JPEG of `frame` under `cfg.max_bytes`, boxes drawn (blocking: run in a thread)."""
+    image = frame
+    scale = 1.0
+    if image.shape[1] > cfg.max_width:
+        scale = cfg.max_width / image.shape[1]
+        image = cast(
+            npt.NDArray[np.uint8],
+            cv2.resize(image, (cfg.max_width, round(image.shape[0] * scale))),
+        )
+    else:
+        image = image.copy()
+    if cfg.draw_boxes:
+        for f in found:
+            x1, y1, x2, y2 = (round(v * scale) for v in f.box)
+            cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), 2)
+            cv2.putText(
+                image,
+                f"{f.label} {f.score:.2f}",
+                (x1, max(12, y1 - 4)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5,
+                (0, 0, 255),
+                1,
+            )
+    quality = cfg.quality
+    while True:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            return None
+        if len(data) <= cfg.max_bytes:
+            return bytes(data)
+        if quality > 40:
+            quality -= 15
+        elif image.shape[1] > 320:
+            image = cast(
+                npt.NDArray[np.uint8],
+                cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2)),
+            )
+        else:
+            return None
+
+
+class CameraDriver(Driver):
+    """One camera."""
+
+    type = "camera"
+    config_model = CameraConfig
+    api_version = "1.1"
+
+    def __init__(self, config: DriverConfig) -> None:
+        super().__init__(config)
+        if not isinstance(config, CameraConfig):
+            raise TypeError("CameraDriver needs a CameraConfig")
+        self.cfg = config
+        self.source: FrameSource | None = None
+        self.gate = (
+            MotionGate(
+                threshold=config.motion.threshold,
+                min_area=config.motion.min_area,
+                masks=config.motion.masks,
+            )
+            if config.motion.enabled
+            else None
+        )
+        self.processed = 0
+        self.inferred = 0
+        self.detected = 0
+        self.errors = 0
+        self.latency: list[float] = []  # frame capture -> detections published, seconds
+
+    async def run(self, ctx: DriverContext) -> None:
+        cfg = self.cfg
+        source = FrameSource(
+            cfg.source,
+            stale_after=cfg.stale_after,
+            loop_file=cfg.loop,
+            reconnect_max=cfg.reconnect_max,
+        )
+        self.source = source
+        source.start()
+        model_problem = ""
+        try:
+            seq = 0
+            interval = 1.0 / cfg.fps
+            while True:
+                await ctx.clock.sleep(interval)
+                if not source.online:
+                    if source.error:
+                        ctx.set_online(False, source.error)
+                    continue
+                got = source.latest(seq)
+                if got is None:
+                    continue
+                ctx.set_online(True)
+                seq, frame, ts = got
+                self.processed += 1
+                if self.gate is not None and not self.gate.changed(frame):
+                    continue
+                if cfg.model is None:
+                    continue
+                try:
+                    found = await ctx.infer(cfg.model, frame)
+                except LookupError as exc:
+                    if str(exc) != model_problem:
+                        model_problem = str(exc)
+                        ctx.logger.error("camera %s: %s", self.device_id, exc)  # noqa: TRY400
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the camera
+                    self.errors += 1
+                    ctx.logger.warning("camera %s: inference failed: %s", self.device_id, exc)
+                    continue
+                model_problem = ""
+                self.inferred += 1
+                await self._publish(ctx, frame, ts, found)
+        finally:
+            await asyncio.to_thread(source.stop)
+
+    async def _publish(
+        self, ctx: DriverContext, frame: npt.NDArray[np.uint8], ts: float, found: list[Any]
+    ) -> None:
+        cfg = self.cfg
+        keep = [
+            f
+            for f in found
+            if (not cfg.labels or f.label in cfg.labels)
+            and (cfg.min_score is None or f.score >= cfg.min_score)
+        ]
+        if not keep:
+            return
+        frame_id = new_id()
+        snapshot = None
+        if cfg.snapshot.enabled:
+            snapshot = await asyncio.to_thread(encode_snapshot, frame, keep, cfg.snapshot)
+        when = ctx.clock.now()
+        for i, f in enumerate(keep):
+            det = Detection(
+                camera=self.device_id,
+                model=cfg.model or "",
+                label=f.label,
+                score=f.score,
+                box=f.box,
+                ts=when,
+                frame_id=frame_id,
+            )
+            await ctx.publish_detection(det, snapshot if i == 0 else None)
+            self.detected += 1
+        self.latency.append(max(0.0, when.timestamp() - ts))
+        del self.latency[:-1000]
