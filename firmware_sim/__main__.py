@@ -9,6 +9,7 @@ import signal
 import sys
 
 from drivers.modbus.profile import load_profile
+from firmware_sim import camera
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 
 
@@ -58,9 +59,14 @@ def main() -> int:
         "--vary", type=float, default=0.0, help="fraction of read-only points that change"
     )
     p.add_argument("--rate", type=float, default=10.0, help="changes per second of those")
+    c = sub.add_parser("camera", help="serve a simulated IP camera (HTTP MJPEG)")
+    camera.add_arguments(c)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_modbus(args))
+        if args.what == "camera":
+            camera.main(args)
+        else:
+            asyncio.run(serve_modbus(args))
     return 0
 
 

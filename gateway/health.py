@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 import gateway
@@ -78,6 +83,7 @@ class GatewayCollector(Collector):
             for reason, n in getattr(driver, "rejected", {}).items():
                 rejected.add_metric([device_id, reason], n)
         yield from (online, readings, polls, errors, rejected)
+        yield from _camera_metrics(gw)
 
         if gw.outbox is not None:
             stats = gw.outbox.stats
@@ -210,3 +216,33 @@ class HealthServer:
                 await asyncio.Event().wait()
         finally:
             await runner.cleanup()
+
+
+def _camera_metrics(gw: Gateway) -> Iterator[Metric]:
+    cameras = {
+        device_id: stats()
+        for device_id, comp in gw.drivers.items()
+        if callable(stats := getattr(comp.driver, "camera_stats", None))
+    }
+    if cameras:
+        for key in next(iter(cameras.values())):
+            family = CounterMetricFamily(
+                f"cityneuron_camera_{key}", f"Camera {key.replace('_', ' ')}", labels=["camera"]
+            )
+            for device_id, stats in cameras.items():
+                family.add_metric([device_id], stats[key])
+            yield family
+    models = getattr(gw, "models", None)
+    if models is not None:
+        latency = SummaryMetricFamily(
+            "cityneuron_model_inference_seconds", "Inference time", labels=["model"]
+        )
+        hung = CounterMetricFamily("cityneuron_model_hung", "Hung inferences", labels=["model"])
+        loaded = GaugeMetricFamily("cityneuron_model_loaded", "1 when loaded", labels=["model"])
+        for name in models.packages:
+            model = models.models.get(name)
+            loaded.add_metric([name], 0.0 if model is None else 1.0)
+            if model is not None:
+                latency.add_metric([name], model.inferences, model.total_seconds)
+                hung.add_metric([name], model.hung)
+        yield from (loaded, latency, hung)

@@ -147,6 +147,20 @@ class CameraDriver(Driver):
         self.errors = 0
         self.latency: list[float] = []  # frame capture -> detections published, seconds
 
+    def camera_stats(self) -> dict[str, int]:
+        """Counters for the node's metrics."""
+        src = self.source.stats if self.source is not None else None
+        return {
+            "frames": src.frames if src else 0,
+            "processed": self.processed,
+            "motion_skipped": self.gate.skipped if self.gate is not None else 0,
+            "inferred": self.inferred,
+            "detections": self.detected,
+            "inference_errors": self.errors,
+            "corrupt_frames": src.corrupt if src else 0,
+            "reconnects": max(0, src.opens - 1) if src else 0,
+        }
+
     async def run(self, ctx: DriverContext) -> None:
         cfg = self.cfg
         source = FrameSource(

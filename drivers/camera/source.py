@@ -9,12 +9,16 @@ for `stale_after` seconds is closed and reopened with backoff.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import cast
 
-import cv2
+# FFmpeg would print every undecodable frame to stderr; the source counts and reports them
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+import cv2  # noqa: E402
 import numpy as np
 import numpy.typing as npt
 
@@ -32,14 +36,20 @@ class SourceStats:
     failures: int = 0  # failed opens and stalls
 
 
-def open_capture(source: str) -> cv2.VideoCapture:
+STREAMS = ("rtsp:", "rtsps:", "http:", "https:", "tcp:", "udp:")
+MAX_BAD_READS = 10  # failed reads in a row before a stream counts as ended
+
+
+def open_capture(source: str, timeout: float = 5.0) -> cv2.VideoCapture:
     """A VideoCapture for a URL (rtsp, http MJPEG, tcp), a device (/dev/video0, "0") or a
-    file."""
+    file; network opens and reads give up after `timeout` seconds."""
     if source.isdigit():
         return cv2.VideoCapture(int(source), cv2.CAP_V4L2)
     if source.startswith("/dev/video"):
         return cv2.VideoCapture(source, cv2.CAP_V4L2)
-    return cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+    ms = max(100, int(timeout * 1000))
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+    return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
 
 
 class FrameSource:
@@ -90,7 +100,7 @@ class FrameSource:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            cap = open_capture(self.source)
+            cap = open_capture(self.source, self.stale_after)
             self.stats.opens += 1
             if not cap.isOpened():
                 cap.release()
@@ -102,30 +112,35 @@ class FrameSource:
             self._stop.wait(min(self.reconnect_max, 0.5 * 2 ** min(attempt - 1, 10)))
 
     def _read_all(self, cap: cv2.VideoCapture) -> bool:
-        """Read until the source stalls or ends; True if it delivered anything."""
+        """Read until the source ends or stalls; True if it delivered anything.
+
+        A frame that does not decode is counted and skipped; a stream ends after
+        `MAX_BAD_READS` failed reads in a row or `stale_after` seconds without a usable
+        frame. A file ends at its end (or starts over with `loop_file`)."""
+        stream = self.source.startswith(STREAMS)
         delivered = False
+        bad = 0
         last_good = time.monotonic()
         while not self._stop.is_set():
             ok, frame = cap.read()
             now = time.monotonic()
-            if not ok or frame is None:
-                if (
-                    self.loop_file
-                    and delivered
-                    and not self.source.startswith(("rtsp:", "http:", "https:", "tcp:", "udp:"))
-                ):
-                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                    continue
-                self._down(
-                    f"{self.source}: stream ended" if delivered else f"{self.source}: no frames"
-                )
-                return delivered
-            if frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
-                self.stats.corrupt += 1
-                if now - last_good > self.stale_after:
-                    self._down(f"{self.source}: only unusable frames for {self.stale_after:g}s")
+            usable = ok and frame is not None and frame.ndim == 3 and frame.shape[2] == 3
+            if not usable:
+                if not stream and not ok:
+                    if self.loop_file and delivered:
+                        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                        continue
+                    self._down(f"{self.source}: " + ("end of file" if delivered else "no frames"))
                     return delivered
+                bad += 1
+                self.stats.corrupt += 1
+                if bad >= MAX_BAD_READS or now - last_good > self.stale_after:
+                    why = "stream ended" if delivered else "no frames"
+                    self._down(f"{self.source}: {why} ({bad} failed reads)")
+                    return delivered
+                self._stop.wait(0.02)
                 continue
+            bad = 0
             last_good = now
             delivered = True
             with self._lock:
@@ -134,7 +149,8 @@ class FrameSource:
             self.stats.frames += 1
             if not self.online:
                 self.online, self.error = True, ""
-            if self.loop_file and not self.source.startswith(("rtsp:", "http:", "tcp:")):
+            if not stream and not self.source.startswith("/dev/"):
+                # a file plays at its own frame rate, as a camera would deliver it
                 fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
                 self._stop.wait(1.0 / max(1.0, min(fps, 120.0)))
         return delivered

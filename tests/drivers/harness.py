@@ -13,6 +13,7 @@ from gateway.bus import Bus
 from gateway.clock import SystemClock
 from gateway.devices import DeviceContext, SharedResources
 from gateway.records import Event, Reading, Record
+from gateway.snapshots import SnapshotStore
 
 
 @dataclass
@@ -56,7 +57,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def run_drivers(*drivers: Driver) -> AsyncIterator[Harness]:
+async def run_drivers(
+    *drivers: Driver, models: Any = None, snapshots: SnapshotStore | None = None
+) -> AsyncIterator[Harness]:
     h = Harness()
     sub = h.bus.subscribe("test", maxsize=100_000)
 
@@ -75,6 +78,8 @@ async def run_drivers(*drivers: Driver) -> AsyncIterator[Harness]:
                 clock=SystemClock(),
                 shared=h.shared,
                 driver_type=driver.type,
+                models=models,
+                snapshots=snapshots,
             )
             tasks.append(tg.create_task(driver.run(ctx), name=f"driver[{driver.device_id}]"))
         try:
