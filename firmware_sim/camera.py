@@ -101,7 +101,7 @@ def serve(
     threading.Thread(target=stream.run, name="frames", daemon=True).start()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path not in ("/", "/video", "/stream.mjpg"):
                 self.send_error(404)
                 return
@@ -123,7 +123,7 @@ def serve(
             except (BrokenPipeError, ConnectionResetError):
                 return
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             del format, args
 
     server = ThreadingHTTPServer((host, port), Handler)

@@ -18,7 +18,7 @@ from typing import cast
 # FFmpeg would print every undecodable frame to stderr; the source counts and reports them
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-import cv2  # noqa: E402
+import cv2
 import numpy as np
 import numpy.typing as npt
 
