@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from firmware_sim.broker import MosquittoBroker
 
@@ -123,3 +125,18 @@ def readings_of(collector: Collector, device: str) -> list[dict[str, Any]]:
     for m in collector.on(f"/telemetry/{device}"):
         out.extend(m.json()["readings"])
     return out
+
+
+async def command(
+    sub: Collector, name: str, args: dict[str, object], node: str = "n1"
+) -> dict[str, object]:
+    """Send command `name` to the node and return its reply (MQTT 5 response topic)."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ResponseTopic = "test/replies"
+    before = len(sub.on("test/replies"))
+    await sub.publish(
+        f"cityneuron/v1/{node}/cmd/{name}", json.dumps({"args": args}).encode(), properties=props
+    )
+    await sub.wait(lambda: len(sub.on("test/replies")) > before)
+    reply: dict[str, object] = sub.on("test/replies")[-1].json()
+    return reply

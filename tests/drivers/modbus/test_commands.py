@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from drivers.modbus.driver import ModbusConfig
 from drivers.modbus.profile import load_profile
@@ -15,19 +11,7 @@ from firmware_sim.broker import MosquittoBroker
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 from gateway.app import Gateway
 from gateway.config import MqttSection, NodeConfig, NodeSection, TlsSection
-from tests.mqtt import Collector, collect
-
-
-async def command(sub: Collector, name: str, args: dict[str, object]) -> dict[str, object]:
-    props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = "test/replies"
-    before = len(sub.on("test/replies"))
-    await sub.publish(
-        f"cityneuron/v1/n1/cmd/{name}", json.dumps({"args": args}).encode(), properties=props
-    )
-    await sub.wait(lambda: len(sub.on("test/replies")) > before)
-    reply: dict[str, object] = sub.on("test/replies")[-1].json()
-    return reply
+from tests.mqtt import collect, command
 
 
 async def test_write_command_reaches_the_device_or_says_why_not(
