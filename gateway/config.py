@@ -332,6 +332,13 @@ class NodeConfig(Section):
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is used more than once")
             seen.add(device.id)
+            model = getattr(device, "model", None)
+            if isinstance(model, str) and model not in self.models.packages:
+                known = ", ".join(sorted(self.models.packages)) or "none"
+                raise ValueError(
+                    f"device {device.id!r} uses model {model!r}, which is not in the models "
+                    f"section (configured: {known})"
+                )
         source = self.location.source
         if source is not None and source not in seen:
             raise ValueError(f"location.source {source!r} is not one of the devices")

@@ -192,6 +192,62 @@ async def check_modbus_tcp(doc: Doctor, config: NodeConfig) -> None:
         doc.report("modbus tcp", OK, f"{device.id}: {host}:{port} reachable")
 
 
+async def check_models(doc: Doctor, config: NodeConfig) -> None:
+    """Each model package: model.yaml valid, sha256 matching, loads and runs."""
+    if not config.models.packages:
+        return
+    from models.package import ModelError  # noqa: PLC0415 - onnxruntime only if used
+    from models.runtime import LoadedModel  # noqa: PLC0415
+
+    for name, directory in config.models.packages.items():
+        started = time.monotonic()
+        try:
+            model = await asyncio.to_thread(LoadedModel.load, directory, threads=1)
+        except ModelError as exc:
+            doc.report("model", FAIL, f"{name}: {exc}")
+            continue
+        took = time.monotonic() - started
+        spec = model.spec
+        w, h = spec.input.size
+        await asyncio.to_thread(model.close)
+        doc.report(
+            "model",
+            OK,
+            f"{name}: {spec.name} {spec.version}, sha256 ok, {w}x{h} input, "
+            f"{len(spec.classes)} classes, loaded and warmed up in {took:.1f}s",
+        )
+
+
+def _grab_frame(source: str, timeout: float) -> tuple[int, int] | str:
+    from drivers.camera.source import open_capture  # noqa: PLC0415 - OpenCV only if used
+
+    cap = open_capture(source, timeout)
+    try:
+        if not cap.isOpened():
+            return "cannot open it"
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            return "opens but delivers no frame"
+        return int(frame.shape[1]), int(frame.shape[0])
+    finally:
+        cap.release()
+
+
+async def check_cameras(doc: Doctor, config: NodeConfig) -> None:
+    for device in config.devices:
+        if device.type != "camera":
+            continue
+        source = str(getattr(device, "source", ""))
+        got = await asyncio.to_thread(_grab_frame, source, 5.0)
+        if isinstance(got, str):
+            doc.report("camera", FAIL, f"{device.id}: {source}: {got}")
+        else:
+            doc.report("camera", OK, f"{device.id}: {source}: frames of {got[0]}x{got[1]}")
+        model = getattr(device, "model", None)
+        if model is not None and model not in config.models.packages:
+            doc.report("camera", FAIL, f"{device.id}: model {model!r} is not in `models`")
+
+
 async def run_doctor(path: str, out: TextIO) -> int:
     doc = Doctor(out)
     config = check_config(doc, path)
@@ -200,6 +256,8 @@ async def run_doctor(path: str, out: TextIO) -> int:
         check_clock(doc)
         check_serial_ports(doc, config)
         await check_modbus_tcp(doc, config)
+        await check_cameras(doc, config)
+        await check_models(doc, config)
         await check_broker(doc, config)
     failures = sum(c.status == FAIL for c in doc.checks)
     warnings = sum(c.status == WARN for c in doc.checks)

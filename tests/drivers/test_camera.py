@@ -18,6 +18,7 @@ from drivers.camera.driver import CameraConfig, CameraDriver, SnapshotConfig, en
 from drivers.camera.motion import MotionGate
 from firmware_sim.broker import free_port
 from firmware_sim.camera import CameraServer, street
+from gateway.config import ConfigError, load_config
 from gateway.records import Detection
 from gateway.snapshots import SnapshotStore
 from models.registry import ModelRegistry
@@ -225,3 +226,19 @@ def test_camera_config_errors_are_clear() -> None:
         CameraConfig.model_validate({"id": "c", "type": "camera", "source": "x", "fps": 0})
     with pytest.raises(ValueError, match="source"):
         CameraConfig.model_validate({"id": "c", "type": "camera"})
+
+
+def test_a_camera_naming_an_unknown_model_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(
+        "node: {id: n1}\n"
+        "models:\n  packages: {road: models/road}\n"
+        "devices:\n  - {type: camera, id: cam1, source: /dev/video0, model: raod}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, [CameraConfig])
+    (issue,) = caught.value.issues
+    assert str(issue).startswith(f"{path}:1:1: ")
+    assert "device 'cam1' uses model 'raod', which is not in the models section" in str(issue)
+    assert "(configured: road)" in str(issue)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from drivers.modbus.profile import load_profile
 from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.camera import CameraServer
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 from firmware_sim.pki import make_pki
 from firmware_sim.pty import PtyPair
@@ -112,3 +114,31 @@ async def test_doctor_with_a_broken_config_and_an_unknown_ca(tmp_path: Path) -> 
         result = await cli("doctor", "--config", str(config))
     assert "[ FAIL ] MQTT: connection refused:" in result.stdout
     assert "CERTIFICATE_VERIFY_FAILED" in result.stdout
+
+
+async def test_doctor_checks_cameras_and_model_packages(tmp_path: Path) -> None:
+    fixtures = ROOT / "tests" / "fixtures" / "models"
+    tampered = tmp_path / "tampered"
+    shutil.copytree(fixtures / "yolov5-tiny", tampered)
+    with (tampered / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    dead = f"http://127.0.0.1:{free_port()}/video"
+    with CameraServer() as camera:
+        config = tmp_path / "node.yaml"
+        config.write_text(
+            f"node: {{id: n1, data_dir: {tmp_path / 'data'}}}\n"
+            "models:\n"
+            f"  packages: {{road: {fixtures / 'yolov8-tiny'}, old: {tampered}}}\n"
+            "devices:\n"
+            f"  - {{type: camera, id: front, source: '{camera.url}', model: road}}\n"
+            f"  - {{type: camera, id: rear, source: '{dead}'}}\n",
+            encoding="utf-8",
+        )
+        result = await cli("doctor", "--config", str(config))
+    out = result.stdout
+    assert result.returncode == 1
+    assert f"[  ok  ] camera: front: {camera.url}: frames of 320x240" in out
+    assert f"[ FAIL ] camera: rear: {dead}: cannot open it" in out
+    assert "[  ok  ] model: road: yolov8-tiny 1, sha256 ok, 160x160 input, 3 classes" in out
+    assert "[ FAIL ] model: old: " in out
+    assert "(corrupt or replaced file)" in out
