@@ -15,6 +15,7 @@ Substitution in string values:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -268,3 +269,11 @@ def load_model(path: Path, model: type[M]) -> M:
             pos[0] if pos else None,
             pos[1] if pos else None,
         ) from None
+
+
+def published_schema(model: type[BaseModel], name: str) -> str:
+    """The JSON Schema of `model` as published in docs/schemas/{name}.schema.json."""
+    schema = model.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://cityneuron.example/schemas/v1/{name}.schema.json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

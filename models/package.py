@@ -14,7 +14,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.yamlsource import SourceError, load_model
+from gateway.yamlsource import SourceError, load_model, published_schema
 
 
 class _Model(BaseModel):
@@ -148,3 +148,8 @@ def verify_file(directory: Path, spec: ModelSpec) -> Path:
             f"{path}: sha256 is {digest}, model.yaml says {spec.sha256} (corrupt or replaced file)"
         )
     return path
+
+
+def json_schema() -> str:
+    """The JSON Schema of model.yaml (docs/schemas/model.schema.json)."""
+    return published_schema(ModelSpec, "model")

@@ -8,7 +8,6 @@ variables it declares in `let` (window aggregates, rates, detection counts), `de
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal, Self
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gateway.config import Duration
 from gateway.records import Severity
+from gateway.yamlsource import published_schema
 
 RULE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 KIND = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -184,7 +184,4 @@ def parse_bundle(text: str | bytes) -> Bundle:
 
 def json_schema() -> str:
     """The JSON Schema of bundles (docs/schemas/rule-bundle.schema.json)."""
-    schema = Bundle.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://cityneuron.example/schemas/v1/rule-bundle.schema.json"
-    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return published_schema(Bundle, "rule-bundle")

@@ -33,6 +33,7 @@ def test_schemas_are_valid_json_schema() -> None:
         "command",
         "detection",
         "event",
+        "model",
         "reply",
         "rule-bundle",
         "status",

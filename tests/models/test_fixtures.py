@@ -4,6 +4,7 @@ torch. Each result is checked against the raw onnxruntime output decoded here by
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -78,3 +79,19 @@ def test_the_wrong_decoder_for_an_exported_model_is_refused_at_load(tmp_path: Pa
     (pkg / "model.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ModelError, match="yolov5"):
         LoadedModel.load(pkg)
+
+
+def test_the_published_model_yaml_schema_is_current_and_accepts_the_fixtures() -> None:
+    from jsonschema import Draft202012Validator
+
+    from models.package import json_schema
+
+    root = Path(__file__).resolve().parents[2]
+    published = (root / "docs" / "schemas" / "model.schema.json").read_text()
+    assert published == json_schema(), "regenerate docs/schemas/model.schema.json"
+    validator = Draft202012Validator(json.loads(published))
+    for name in ("yolov8-tiny", "yolov5-tiny"):
+        validator.validate(yaml.safe_load((FIXTURES / name / "model.yaml").read_text()))
+    bad = yaml.safe_load((FIXTURES / "yolov8-tiny" / "model.yaml").read_text())
+    bad["input"]["layout"] = "CHW"
+    assert not validator.is_valid(bad)
