@@ -36,7 +36,7 @@ def street(
     cv2.rectangle(frame, (0, height // 3), (width, height), (60, 60, 60), -1)
     for x in range(0, width, 40):
         cv2.line(frame, (x, height * 2 // 3), (x + 20, height * 2 // 3), (230, 230, 230), 3)
-    x = (index * 4) % width if moving else width // 2
+    x = (index * 8) % width if moving else width // 2
     cv2.ellipse(frame, (x, height * 3 // 4), (18, 10), 0, 0, 360, (20, 20, 25), -1)
     return frame
 

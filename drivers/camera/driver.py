@@ -9,7 +9,10 @@ with an optional JPEG snapshot of their frame (bounded in size, boxes drawn).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import cv2
@@ -24,6 +27,8 @@ from gateway.config import Duration
 from gateway.records import Detection, new_id
 
 logger = logging.getLogger(__name__)
+
+FoundQueue = asyncio.Queue[tuple[npt.NDArray[np.uint8], float, list[Any]]]
 
 
 class _Model(BaseModel):
@@ -48,6 +53,11 @@ class SnapshotConfig(_Model):
     quality: int = Field(default=80, ge=20, le=100, description="JPEG quality.")
     max_width: int = Field(default=1280, ge=160, description="Frames are scaled down to this.")
     draw_boxes: bool = Field(default=True, description="Draw the detections on it.")
+    min_interval: Duration = Field(
+        default=1.0,
+        ge=0,
+        description="At most one snapshot per this time; detections in between go without.",
+    )
 
 
 class CameraConfig(DriverConfig):
@@ -57,7 +67,7 @@ class CameraConfig(DriverConfig):
     source: str = Field(
         description="rtsp://..., http://... (MJPEG), tcp://..., /dev/video0, or a video file."
     )
-    fps: float = Field(default=5.0, gt=0, le=60, description="Frames processed per second.")
+    fps: float = Field(default=5.0, gt=0, le=1000, description="Most frames processed per second.")
     model: str | None = Field(default=None, description="Name of a model in `models`.")
     labels: list[str] = Field(
         default_factory=list, description="Report only these labels (all when empty)."
@@ -70,6 +80,11 @@ class CameraConfig(DriverConfig):
     )
     reconnect_max: Duration = Field(default=30.0, gt=0, description="Longest reconnect wait.")
     loop: bool = Field(default=False, description="Play a video file in a loop (tests, demos).")
+    realtime: bool = Field(
+        default=True,
+        description="Play a video file at its frame rate; false: every frame, as fast as "
+        "the model goes (recorded drives, benchmarks).",
+    )
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Snapshots.")
 
@@ -145,7 +160,6 @@ class CameraDriver(Driver):
         self.inferred = 0
         self.detected = 0
         self.errors = 0
-        self.latency: list[float] = []  # frame capture -> detections published, seconds
 
     def camera_stats(self) -> dict[str, int]:
         """Counters for the node's metrics."""
@@ -163,68 +177,109 @@ class CameraDriver(Driver):
 
     async def run(self, ctx: DriverContext) -> None:
         cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        fresh = asyncio.Event()  # set from the capture thread when a frame arrives
+
+        def notify() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(fresh.set)
+
         source = FrameSource(
             cfg.source,
             stale_after=cfg.stale_after,
             loop_file=cfg.loop,
             reconnect_max=cfg.reconnect_max,
+            realtime=cfg.realtime,
+            notify=notify,
         )
         self.source = source
         source.start()
-        model_problem = ""
+        found_queue: FoundQueue = asyncio.Queue(maxsize=2)
         try:
-            seq = 0
-            interval = 1.0 / cfg.fps
-            while True:
-                await ctx.clock.sleep(interval)
-                if not source.online:
-                    if source.error:
-                        ctx.set_online(False, source.error)
-                    continue
-                got = source.latest(seq)
-                if got is None:
-                    continue
-                ctx.set_online(True)
-                seq, frame, ts = got
-                self.processed += 1
-                if self.gate is not None and not self.gate.changed(frame):
-                    continue
-                if cfg.model is None:
-                    continue
-                try:
-                    found = await ctx.infer(cfg.model, frame)
-                except LookupError as exc:
-                    if str(exc) != model_problem:
-                        model_problem = str(exc)
-                        ctx.logger.error("camera %s: %s", self.device_id, exc)  # noqa: TRY400
-                    continue
-                except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the camera
-                    self.errors += 1
-                    ctx.logger.warning("camera %s: inference failed: %s", self.device_id, exc)
-                    continue
-                model_problem = ""
-                self.inferred += 1
-                await self._publish(ctx, frame, ts, found)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(
+                    self._publisher(ctx, found_queue), name=f"camera[{self.device_id}].publish"
+                )
+                await self._loop(ctx, source, fresh, found_queue)
         finally:
             await asyncio.to_thread(source.stop)
 
-    async def _publish(
-        self, ctx: DriverContext, frame: npt.NDArray[np.uint8], ts: float, found: list[Any]
+    async def _loop(
+        self,
+        ctx: DriverContext,
+        source: FrameSource,
+        fresh: asyncio.Event,
+        found_queue: FoundQueue,
     ) -> None:
         cfg = self.cfg
-        keep = [
-            f
-            for f in found
-            if (not cfg.labels or f.label in cfg.labels)
-            and (cfg.min_score is None or f.score >= cfg.min_score)
-        ]
-        if not keep:
-            return
+        interval = 1.0 / cfg.fps
+        model_problem = ""
+        seq = 0
+        due = ctx.clock.monotonic()
+        while True:
+            # at most `fps` frames a second; a slow model is never given a backlog
+            wait = due - ctx.clock.monotonic()
+            if wait > 0:
+                await ctx.clock.sleep(wait)
+            got = source.latest(seq)
+            if got is None:
+                if not source.online and source.error:
+                    ctx.set_online(False, source.error)
+                fresh.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await fresh.wait()
+                continue
+            due = max(due + interval, ctx.clock.monotonic())
+            ctx.set_online(True)
+            seq, frame, ts = got
+            self.processed += 1
+            if self.gate is not None and not self.gate.changed(frame):
+                continue
+            if cfg.model is None:
+                continue
+            try:
+                found = await ctx.infer(cfg.model, frame)
+            except LookupError as exc:
+                if str(exc) != model_problem:
+                    model_problem = str(exc)
+                    ctx.logger.error("camera %s: %s", self.device_id, exc)  # noqa: TRY400
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the camera
+                self.errors += 1
+                ctx.logger.warning("camera %s: inference failed: %s", self.device_id, exc)
+                continue
+            model_problem = ""
+            self.inferred += 1
+            keep = [
+                f
+                for f in found
+                if (not cfg.labels or f.label in cfg.labels)
+                and (cfg.min_score is None or f.score >= cfg.min_score)
+            ]
+            if keep:
+                # published by their own task, so that the next frame's inference overlaps
+                # with this one's JPEG encoding; the queue is short: no backlog
+                await found_queue.put((frame, ts, keep))
+
+    async def _publisher(self, ctx: DriverContext, found_queue: FoundQueue) -> None:
+        cfg = self.cfg
+        last_snapshot = -math.inf
+        while True:
+            frame, ts, keep = await found_queue.get()
+            snapshot = None
+            now = ctx.clock.monotonic()
+            if cfg.snapshot.enabled and now - last_snapshot >= cfg.snapshot.min_interval:
+                last_snapshot = now
+                snapshot = await asyncio.to_thread(encode_snapshot, frame, keep, cfg.snapshot)
+            await self._publish(ctx, ts, keep, snapshot)
+
+    async def _publish(
+        self, ctx: DriverContext, ts: float, keep: list[Any], snapshot: bytes | None
+    ) -> None:
+        cfg = self.cfg
         frame_id = new_id()
-        snapshot = None
-        if cfg.snapshot.enabled:
-            snapshot = await asyncio.to_thread(encode_snapshot, frame, keep, cfg.snapshot)
-        when = ctx.clock.now()
+        when = datetime.fromtimestamp(ts, UTC)  # when the frame was captured
         for i, f in enumerate(keep):
             det = Detection(
                 camera=self.device_id,
@@ -237,5 +292,3 @@ class CameraDriver(Driver):
             )
             await ctx.publish_detection(det, snapshot if i == 0 else None)
             self.detected += 1
-        self.latency.append(max(0.0, when.timestamp() - ts))
-        del self.latency[:-1000]

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -62,11 +63,16 @@ class FrameSource:
         stale_after: float = 5.0,
         loop_file: bool = False,
         reconnect_max: float = 30.0,
+        realtime: bool = True,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self.stale_after = stale_after
         self.loop_file = loop_file
         self.reconnect_max = reconnect_max
+        # a file played with realtime=False hands over every frame, as fast as it is taken
+        self.lockstep = not realtime and not source.startswith((*STREAMS, "/dev/"))
+        self.notify = notify  # called from the capture thread on each new frame
         self.stats = SourceStats()
         self.online = False
         self.error = ""
@@ -75,6 +81,8 @@ class FrameSource:
         self._frame_ts = 0.0
         self._seq = 0
         self._stop = threading.Event()
+        self._taken = threading.Event()
+        self._taken.set()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -85,6 +93,7 @@ class FrameSource:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._taken.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -95,6 +104,7 @@ class FrameSource:
             if self._frame is None or self._seq <= after:
                 return None
             self.stats.taken += 1
+            self._taken.set()
             return self._seq, self._frame, self._frame_ts
 
     def _run(self) -> None:
@@ -143,13 +153,18 @@ class FrameSource:
             bad = 0
             last_good = now
             delivered = True
+            if self.lockstep:  # wait until the previous frame was taken: none is dropped
+                self._taken.wait()
+                self._taken.clear()
             with self._lock:
                 self._frame, self._frame_ts = cast(Frame, frame), time.time()
                 self._seq += 1
             self.stats.frames += 1
             if not self.online:
                 self.online, self.error = True, ""
-            if not stream and not self.source.startswith("/dev/"):
+            if self.notify is not None:
+                self.notify()
+            if not stream and not self.lockstep and not self.source.startswith("/dev/"):
                 # a file plays at its own frame rate, as a camera would deliver it
                 fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
                 self._stop.wait(1.0 / max(1.0, min(fps, 120.0)))
