@@ -207,7 +207,8 @@ async def main() -> None:
     model_dir: Path = args.model
     spec = load_spec(model_dir)
     print(
-        f"model {spec.name} {spec.version} ({model_dir}), input {spec.input.size}, {THREADS} threads"
+        f"model {spec.name} {spec.version} ({model_dir}), "
+        f"input {spec.input.size}, {THREADS} threads"
     )
     warmup = 10
     with tempfile.TemporaryDirectory() as tmpname:
