@@ -144,7 +144,7 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
     )
     assert (
         "future         cityneuron-future (future_mod:Driver): written for driver API 2.0, "
-        "this gateway offers 1.0" in result.stdout
+        "this gateway offers 1.1" in result.stdout
     )
     assert "yolo-ok        cityneuron-yolo-ok (decoders_mod:good)" in result.stdout
     assert (
