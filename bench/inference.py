@@ -55,7 +55,7 @@ from gateway.records import Detection
 from models.package import load_spec
 
 THREADS = 2
-CANDIDATES = [ROOT / "models" / "road-defects", ROOT / "tests/fixtures/models/yolov8-tiny"]
+CANDIDATES = [ROOT / "models" / "zoo" / "road_defect", ROOT / "tests/fixtures/models/yolov8-tiny"]
 
 
 def write_video(path: Path, frames: int) -> Path:

@@ -27,6 +27,7 @@ from gateway.config import NodeConfig
 from gateway.devices import DeviceContext, DriverComponent, SharedResources
 from gateway.discovery import Advertiser
 from gateway.health import HealthServer
+from gateway.inspection import DefectStore, InspectionService, InspectionSettings
 from gateway.location import LocationService
 from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
@@ -131,6 +132,9 @@ class Gateway:
         if loc.source is not None:
             components.append(self.location)
         components.append(self._build_rules())
+        self.inspection: InspectionService | None = None
+        if cfg.inspection.enabled:
+            components.append(self._build_inspection())
         self.models = None
         if cfg.models.packages:
             from models.registry import ModelRegistry  # noqa: PLC0415 - onnxruntime only if used
@@ -181,6 +185,33 @@ class Gateway:
         if self.rules.compiled is None and cfg.file is not None:
             self.deployer.load_local(cfg.file)
         return self.rules
+
+    def _build_inspection(self) -> InspectionService:
+        ins = self.config.inspection
+        self.inspection = InspectionService(
+            self.bus,
+            DefectStore(self.config.node.data_dir / "inspection.db"),
+            locate=self.location.snapshot,
+            settings=InspectionSettings(
+                cameras=frozenset(ins.cameras),
+                labels=frozenset(ins.labels),
+                radius=ins.radius,
+                gap=ins.gap,
+                min_sightings=ins.min_sightings,
+                match_distance=ins.match_distance,
+                ahead=ins.ahead,
+                major=ins.severity.major,
+                critical=ins.severity.critical,
+            ),
+            snapshots=self.snapshots,
+            clock=self.clock.monotonic,
+        )
+        self.commands.register("inspection.status", self._cmd_inspection_status)
+        return self.inspection
+
+    async def _cmd_inspection_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        del args
+        return self.inspection.status() if self.inspection else {}
 
     async def _cmd_models_status(self, args: dict[str, Any]) -> dict[str, Any]:
         del args

@@ -243,6 +243,63 @@ class ModelsSection(Section):
         }
 
 
+class InspectionSeverity(Section):
+    major: float = Field(
+        default=0.01,
+        gt=0,
+        le=1,
+        description="Share of the frame a defect's box covers at its closest to be major.",
+    )
+    critical: float = Field(
+        default=0.05, gt=0, le=1, description="Share of the frame for a critical defect."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> InspectionSeverity:
+        if self.critical < self.major:
+            raise ValueError("severity.critical must be at least severity.major")
+        return self
+
+
+class InspectionSection(Section):
+    enabled: bool = Field(
+        default=False, description="Merge camera detections into geotagged defect reports."
+    )
+    cameras: list[str] = Field(
+        default_factory=list, description="Camera device ids to follow (all when empty)."
+    )
+    labels: list[str] = Field(
+        default_factory=list, description="Detection labels that are defects (all when empty)."
+    )
+    radius: float = Field(
+        default=10.0,
+        gt=0,
+        le=1000,
+        description="Metres within which a defect seen again is the same defect.",
+    )
+    gap: Duration = Field(
+        default=3.0, gt=0, description="A defect not seen for this long has been passed."
+    )
+    min_sightings: int = Field(
+        default=2, ge=1, description="Frames a defect must be seen in to be reported."
+    )
+    match_distance: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Largest move of a box between sightings, as a share of the frame diagonal.",
+    )
+    ahead: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Metres ahead of the GPS antenna where the camera sees a defect closest.",
+    )
+    severity: InspectionSeverity = Field(
+        default_factory=InspectionSeverity, description="Size-based severity thresholds."
+    )
+
+
 class TrustedKey(Section):
     id: str = Field(min_length=1, max_length=64, description="Key id named by deployments.")
     public_key: str = Field(description="Ed25519 public key: base64 of 32 bytes, or PEM.")
@@ -321,9 +378,28 @@ class NodeConfig(Section):
     models: ModelsSection = Field(
         default_factory=ModelsSection, description="ONNX models for the cameras."
     )
+    inspection: InspectionSection = Field(
+        default_factory=InspectionSection, description="Road inspection (defect reports)."
+    )
     devices: list[DriverConfig] = Field(
         default_factory=list, description="Devices the node reads; each picks a driver by type."
     )
+
+    @model_validator(mode="after")
+    def _inspection(self) -> NodeConfig:
+        ins = self.inspection
+        if not ins.enabled:
+            return self
+        if self.location.source is None and self.location.fixed is None:
+            raise ValueError(
+                "inspection needs a location: set location.source to the GPS device "
+                "(defects are placed by position)"
+            )
+        ids = {d.id for d in self.devices}
+        for camera in ins.cameras:
+            if camera not in ids:
+                raise ValueError(f"inspection camera {camera!r} is not a configured device")
+        return self
 
     @model_validator(mode="after")
     def _unique_devices(self) -> NodeConfig:

@@ -246,3 +246,12 @@ def _camera_metrics(gw: Gateway) -> Iterator[Metric]:
                 latency.add_metric([name], model.inferences, model.total_seconds)
                 hung.add_metric([name], model.hung)
         yield from (loaded, latency, hung)
+    inspection = getattr(gw, "inspection", None)
+    if inspection is not None:
+        for key, value in inspection.status().items():
+            kind = GaugeMetricFamily if key in ("defects", "open_tracks") else CounterMetricFamily
+            yield kind(
+                f"cityneuron_inspection_{key}",
+                f"Road inspection: {key.replace('_', ' ')}",
+                value=value,
+            )

@@ -148,7 +148,8 @@ def pack(
     """Turn records into messages: readings grouped per device (in arrival order, at most
     `batch_max` per message), every event and detection a message of its own; an event
     without a location gets the node's current one from `locate`; a detection whose frame
-    has a JPEG in `snapshots` names it and is followed by a raw message carrying it."""
+    has a JPEG in `snapshots` names it and is followed by a raw message carrying it, and so
+    is an event whose `snapshot` id has a JPEG there."""
     out: list[_Pending] = []
     by_device: dict[str, list[Reading]] = {}
     pictured: set[str] = set()
@@ -163,6 +164,9 @@ def pack(
         jpeg = None
         if isinstance(record, Event):
             topic, stream = f"events/{record.kind}", record.source
+            if snapshots is not None and record.snapshot:
+                jpeg = snapshots.take(record.snapshot)  # the event's own picture
+                snap = f"snapshots/{record.snapshot}"
         else:
             topic, stream = "events/detection", record.camera
             if snapshots is not None and record.frame_id:

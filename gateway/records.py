@@ -96,6 +96,7 @@ class Detection:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source-image pixels
     ts: datetime = field(default_factory=utcnow)
     frame_id: str | None = None
+    frame_size: tuple[int, int] | None = None  # width, height of the source image
     node: str = ""
     id: str = field(default_factory=new_id)
 
@@ -109,6 +110,7 @@ class Detection:
             "score": round(self.score, 4),
             "box": [round(v, 1) for v in self.box],
             "frame_id": self.frame_id,
+            "frame_size": list(self.frame_size) if self.frame_size else None,
             "ts": _iso(self.ts),
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class SnapshotStore:
@@ -13,10 +14,15 @@ class SnapshotStore:
         self.bytes = 0
         self.dropped = 0
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        # called with (id, jpeg) on every put: a consumer that needs a picture later (the
+        # road inspection keeps the best one of a pass) takes its own reference here
+        self.listeners: list[Callable[[str, bytes], None]] = []
 
     def put(self, snapshot_id: str, jpeg: bytes) -> None:
         if snapshot_id in self._items or len(jpeg) > self.max_bytes:
             return
+        for listener in self.listeners:
+            listener(snapshot_id, jpeg)
         self._items[snapshot_id] = jpeg
         self.bytes += len(jpeg)
         while self.bytes > self.max_bytes:

@@ -92,6 +92,7 @@ def yolov5(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decod
     if out.ndim != 3 or out.shape[0] != 1 or out.shape[2] != 5 + c:
         raise DecodeError(f"yolov5 output must be [1, N, {5 + c}], got {list(out.shape)}")
     rows = out[0]
+    rows = rows[rows[:, 4] >= _thresholds(spec).min()]  # class score <= objectness
     cls_scores = rows[:, 5:] * rows[:, 4:5]
     classes = cls_scores.argmax(axis=1).astype(np.int32)
     scores = cls_scores[np.arange(len(rows)), classes]
@@ -104,11 +105,12 @@ def yolov8(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decod
     c = len(spec.classes)
     if out.ndim != 3 or out.shape[0] != 1 or out.shape[1] != 4 + c:
         raise DecodeError(f"yolov8 output must be [1, {4 + c}, N], got {list(out.shape)}")
-    rows = out[0].T
-    cls_scores = rows[:, 4:]
-    classes = cls_scores.argmax(axis=1).astype(np.int32)
-    scores = cls_scores[np.arange(len(rows)), classes]
-    return _finish(spec, _xywh_to_xyxy(rows[:, :4]), scores, classes)
+    cls_scores = out[0, 4:]  # [C, N]
+    classes = cls_scores.argmax(axis=0).astype(np.int32)
+    scores = np.take_along_axis(cls_scores, classes[None], axis=0)[0]
+    # Most of the N candidates score near zero: drop them before building boxes.
+    cand = np.flatnonzero(scores >= _thresholds(spec).min())
+    return _finish(spec, _xywh_to_xyxy(out[0, :4][:, cand].T), scores[cand], classes[cand])
 
 
 def end2end(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:

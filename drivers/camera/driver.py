@@ -272,10 +272,15 @@ class CameraDriver(Driver):
             if cfg.snapshot.enabled and now - last_snapshot >= cfg.snapshot.min_interval:
                 last_snapshot = now
                 snapshot = await asyncio.to_thread(encode_snapshot, frame, keep, cfg.snapshot)
-            await self._publish(ctx, ts, keep, snapshot)
+            await self._publish(ctx, ts, keep, snapshot, (frame.shape[1], frame.shape[0]))
 
     async def _publish(
-        self, ctx: DriverContext, ts: float, keep: list[Any], snapshot: bytes | None
+        self,
+        ctx: DriverContext,
+        ts: float,
+        keep: list[Any],
+        snapshot: bytes | None,
+        size: tuple[int, int],
     ) -> None:
         cfg = self.cfg
         frame_id = new_id()
@@ -289,6 +294,7 @@ class CameraDriver(Driver):
                 box=f.box,
                 ts=when,
                 frame_id=frame_id,
+                frame_size=(int(size[0]), int(size[1])),
             )
             await ctx.publish_detection(det, snapshot if i == 0 else None)
             self.detected += 1

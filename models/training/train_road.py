@@ -1,0 +1,314 @@
+"""Train the road-defect detector on the road-dnit frames (CPU, plain PyTorch) and export it.
+
+    ./scripts/train-env
+    .venv-train/bin/python -m models.training.train_road ../shared/data/road-dnit \\
+        --epochs 40 --out models/zoo/road_defect
+
+Trains on ``train.txt``, selects the checkpoint and the score thresholds on ``val.txt``,
+never reads ``test.txt`` (``models.training.road_eval`` reports on it). Writes
+``model.onnx`` and ``model.yaml`` into ``--out`` (and ``train-log.json`` with the val
+figures per epoch). Deterministic given ``--seed`` up to CPU thread scheduling.
+
+Augmentation: random scale (0.7-1.3) and crop, horizontal flip, brightness/contrast/
+saturation jitter, occasional blur; frames with potholes are drawn twice as often (they
+are a quarter of the training frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import onnx
+import torch
+import torch.nn.functional as F  # noqa: N812
+import yaml
+
+from models.training.road_data import CLASSES, SOURCE_SIZE, Frame, load_split
+from models.training.road_eval import evaluate, pick_thresholds
+from models.training.road_net import STRIDE, Exported, RoadNet
+
+INPUT = (640, 400)  # width, height: the model's input, 0.8 x the 800x500 frames
+CROP = (384, 256)
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+
+
+def load_images(frames: list[Frame]) -> list[U8]:
+    out = []
+    for f in frames:
+        img = cv2.imread(str(f.image), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"{f.image}: cannot be read")
+        out.append(
+            cv2.cvtColor(cv2.resize(img, INPUT, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        )
+    return out
+
+
+def augment(
+    img: U8, boxes: F32, classes: npt.NDArray[np.int64], rng: random.Random
+) -> tuple[U8, F32, npt.NDArray[np.int64]]:
+    s = rng.uniform(0.7, 1.3)
+    h, w = img.shape[:2]
+    nw, nh = max(CROP[0], round(w * s)), max(CROP[1], round(h * s))
+    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    boxes = boxes * np.asarray([nw / w, nh / h, nw / w, nh / h], np.float32)
+    if len(boxes) and rng.random() < 0.7:  # crop around an object most of the time
+        b = boxes[rng.randrange(len(boxes))]
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        x0 = int(np.clip(cx - rng.uniform(0.2, 0.8) * CROP[0], 0, nw - CROP[0]))
+        y0 = int(np.clip(cy - rng.uniform(0.2, 0.8) * CROP[1], 0, nh - CROP[1]))
+    else:
+        x0, y0 = rng.randint(0, nw - CROP[0]), rng.randint(0, nh - CROP[1])
+    img = img[y0 : y0 + CROP[1], x0 : x0 + CROP[0]]
+    if len(boxes):
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        boxes = boxes - np.asarray([x0, y0, x0, y0], np.float32)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, CROP[0])
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, CROP[1])
+        kept = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep = (
+            (kept >= 0.35 * area)
+            & (boxes[:, 2] - boxes[:, 0] >= 3)
+            & (boxes[:, 3] - boxes[:, 1] >= 3)
+        )
+        boxes, classes = boxes[keep], classes[keep]
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = CROP[0] - boxes[:, [2, 0]]
+    x = img.astype(np.float32)
+    x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean() + rng.uniform(-30, 30)
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * rng.uniform(0.6, 1.4)
+    x = x.clip(0, 255).astype(np.uint8)
+    if rng.random() < 0.15:
+        x = cv2.GaussianBlur(x, (3, 3), 0)
+    return np.ascontiguousarray(x), boxes, classes
+
+
+def gaussian_radius(h: float, w: float, overlap: float = 0.7) -> float:
+    """CenterNet's radius within which a shifted box keeps IoU >= `overlap`."""
+    b1, c1 = h + w, w * h * (1 - overlap) / (1 + overlap)
+    r1 = (b1 + math.sqrt(b1**2 - 4 * c1)) / 2
+    b2, c2 = 2 * (h + w), (1 - overlap) * w * h
+    r2 = (b2 + math.sqrt(b2**2 - 16 * c2)) / 2
+    a3, b3, c3 = 4 * overlap, -2 * overlap * (h + w), (overlap - 1) * w * h
+    r3 = (b3 + math.sqrt(b3**2 - 4 * a3 * c3)) / 2
+    return min(r1, r2, r3)
+
+
+def targets(boxes: F32, classes: npt.NDArray[np.int64], gh: int, gw: int) -> tuple[F32, F32, F32]:
+    """Heatmap [C, gh, gw], box targets [4, gh, gw] and their mask [gh, gw]."""
+    heat = np.zeros((len(CLASSES), gh, gw), np.float32)
+    box = np.zeros((4, gh, gw), np.float32)
+    mask = np.zeros((gh, gw), np.float32)
+    ys, xs = np.mgrid[0:gh, 0:gw]
+    for b, c in zip(boxes, classes, strict=True):
+        w, h = (b[2] - b[0]) / STRIDE, (b[3] - b[1]) / STRIDE
+        cx, cy = (b[0] + b[2]) / 2 / STRIDE, (b[1] + b[3]) / 2 / STRIDE
+        ix, iy = min(int(cx), gw - 1), min(int(cy), gh - 1)
+        r = max(0.0, gaussian_radius(h, w))
+        sigma = (2 * int(r) + 1) / 6
+        g = np.exp(-((xs - ix) ** 2 + (ys - iy) ** 2) / (2 * sigma**2))
+        heat[c] = np.maximum(heat[c], g)
+        box[:, iy, ix] = (cx - ix, cy - iy, math.log(max(w, 0.1)), math.log(max(h, 0.1)))
+        mask[iy, ix] = 1.0
+    return heat, box, mask
+
+
+def focal(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(pred).clamp(1e-4, 1 - 1e-4)
+    pos = gt.eq(1).float()
+    neg = 1 - pos
+    pos_loss = (torch.log(p) * (1 - p) ** 2 * pos).sum()
+    neg_loss = (torch.log(1 - p) * p**2 * (1 - gt) ** 4 * neg).sum()
+    n = pos.sum().clamp(min=1)
+    return -(pos_loss + neg_loss) / n
+
+
+def to_tensor(images: list[U8]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def predict(net: RoadNet, images: list[U8]) -> list[tuple[F32, F32, npt.NDArray[np.int64]]]:
+    """Boxes (source pixels), scores, classes per image, at a low score floor, after NMS."""
+    exported = Exported(net, INPUT[1], INPUT[0]).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), 16):
+            y = exported(to_tensor(images[i : i + 16])).numpy()
+            out.extend(decode(o) for o in y)
+    return out
+
+
+def decode(o: F32, floor: float = 0.05) -> tuple[F32, F32, npt.NDArray[np.int64]]:
+    scores = o[4:].T
+    cls = scores.argmax(1)
+    conf = scores.max(1)
+    keep = conf >= floor
+    cx, cy, w, h = o[:4, keep]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    idx = cv2.dnn.NMSBoxesBatched(
+        np.stack([boxes[:, 0], boxes[:, 1], w, h], 1).tolist(),
+        conf[keep].tolist(),
+        cls[keep].tolist(),
+        floor,
+        0.45,
+        top_k=100,
+    )
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    scale = np.float32(SOURCE_SIZE[0] / INPUT[0])
+    return boxes[idx] * scale, conf[keep][idx], cls[keep][idx]
+
+
+def export(net: RoadNet, out: Path, thresholds: dict[str, float], description: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    exported = Exported(net, INPUT[1], INPUT[0]).eval()
+    path = out / "model.onnx"
+    torch.onnx.export(
+        exported,
+        torch.zeros(1, 3, INPUT[1], INPUT[0]),
+        str(path),
+        opset_version=17,
+        input_names=["images"],
+        output_names=["output0"],
+        dynamo=False,
+    )
+    model = onnx.load(str(path))
+    model.ir_version = min(model.ir_version, 10)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    spec: dict[str, Any] = {
+        "name": "road-defect",
+        "version": time.strftime("%Y.%m.%d"),
+        "file": "model.onnx",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "task": "detect",
+        "description": description,
+        "input": {
+            "size": list(INPUT),
+            "layout": "NCHW",
+            "dtype": "float32",
+            "color": "RGB",
+            "resize": "letterbox",
+        },
+        "output": {"decoder": "yolov8"},
+        "classes": list(CLASSES),
+        "thresholds": {"score": min(thresholds.values()), "iou": 0.45, "per_class": thresholds},
+        "max_detections": 50,
+    }
+    (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("data", type=Path, help="the road-dnit folder")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("models/zoo/road_defect"))
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    train, val = load_split(args.data, "train"), load_split(args.data, "val")
+    print(f"train {len(train)} frames, val {len(val)}; loading images", flush=True)
+    train_img, val_img = load_images(train), load_images(val)
+    scale = np.float32(INPUT[0] / SOURCE_SIZE[0])
+    pool = [i for i, f in enumerate(train) for _ in range(2 if (f.classes == 1).any() else 1)]
+
+    net = RoadNet(len(CLASSES), args.width).to(memory_format=torch.channels_last)
+    steps_per_epoch = len(pool) // args.batch
+    total = steps_per_epoch * args.epochs
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=total, pct_start=0.1)
+    gh, gw = CROP[1] // STRIDE, CROP[0] // STRIDE
+    log: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any]] | None = None
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    for epoch in range(args.epochs):
+        net.train()
+        rng.shuffle(pool)
+        losses = []
+        for step in range(steps_per_epoch):
+            imgs, heats, boxes, masks = [], [], [], []
+            for i in pool[step * args.batch : (step + 1) * args.batch]:
+                img, b, c = augment(train_img[i], train[i].boxes * scale, train[i].classes, rng)
+                h, bx, m = targets(b, c, gh, gw)
+                imgs.append(img)
+                heats.append(h)
+                boxes.append(bx)
+                masks.append(m)
+            heat_t = torch.from_numpy(np.stack(heats))
+            box_t = torch.from_numpy(np.stack(boxes))
+            mask_t = torch.from_numpy(np.stack(masks)).unsqueeze(1)
+            heat_p, box_p = net(to_tensor(imgs))
+            n = mask_t.sum().clamp(min=1)
+            off = (
+                F.l1_loss(torch.sigmoid(box_p[:, :2]), box_t[:, :2], reduction="none") * mask_t
+            ).sum() / n
+            size = (F.l1_loss(box_p[:, 2:], box_t[:, 2:], reduction="none") * mask_t).sum() / n
+            loss = focal(heat_p, heat_t) + off + size
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        net.eval()
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "minutes": (time.monotonic() - t0) / 60,
+        }
+        if (epoch + 1) % 4 == 0 or epoch + 1 == args.epochs:
+            preds = predict(net, val_img)
+            thresholds = pick_thresholds(val, preds)
+            figures = evaluate(val, preds, thresholds)
+            entry["val"] = figures
+            score = figures["pothole"]["ap50"] + figures["crack"]["f1"]
+            if best is None or score > best[0]:
+                best = (score, {"epoch": epoch + 1, "thresholds": thresholds, "val": figures})
+                torch.save(net.state_dict(), args.out / "best.pt")
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+    assert best is not None
+    net.load_state_dict(torch.load(args.out / "best.pt"))
+    (args.out / "best.pt").unlink()
+    export(
+        net.eval(),
+        args.out,
+        best[1]["thresholds"],
+        "Road cracks (crack regions) and potholes from a forward-looking vehicle camera; "
+        "trained on the road-dnit frames (Passos et al., doi:10.17632/t576ydh9v8.4) by "
+        "models/training/train_road.py.",
+    )
+    (args.out / "train-log.json").write_text(
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "best": best[1], "epochs": log},
+            indent=1,
+        )
+    )
+    print(f"best epoch {best[1]['epoch']}: {json.dumps(best[1]['val'])}")
+
+
+if __name__ == "__main__":
+    main()
