@@ -88,9 +88,8 @@ def street(
             size = (rng.uniform(0.5, 1.2), rng.uniform(0.4, 0.9))
         else:
             size = (rng.uniform(1.5, 3.0), rng.uniform(0.6, 1.4))
-        out.append(
-            RoadDefect(label, along, rng.uniform(-1.0, 1.0), size[0], size[1], rng.randrange(1 << 30))
-        )
+        lateral = rng.uniform(-1.0, 1.0)
+        out.append(RoadDefect(label, along, lateral, size[0], size[1], rng.randrange(1 << 30)))
     return Street(origin, heading, length, tuple(out), seed)
 
 
@@ -148,11 +147,10 @@ def drive(s: Street, *, speed: float = 8.0, fps: float = 5.0, start: float = 0.0
 
 def _asphalt(seed: int) -> Image:
     rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 9, (HEIGHT, WIDTH)).astype(np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), 1.2)
-    base = np.full((HEIGHT, WIDTH), 105, np.float32) + noise
-    img = np.clip(base, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    noise = cv2.GaussianBlur(rng.normal(0, 9, (HEIGHT, WIDTH)).astype(np.float32), (0, 0), 1.2)
+    grey = np.clip(noise + 105, 0, 255).astype(np.uint8)
+    out: Image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    return out
 
 
 def render(s: Street, view: View, *, noise_seed: int | None = None) -> Image:
