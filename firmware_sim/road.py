@@ -149,8 +149,7 @@ def _asphalt(seed: int) -> Image:
     rng = np.random.default_rng(seed)
     noise = cv2.GaussianBlur(rng.normal(0, 9, (HEIGHT, WIDTH)).astype(np.float32), (0, 0), 1.2)
     grey = np.clip(noise + 105, 0, 255).astype(np.uint8)
-    out: Image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    return out
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def render(s: Street, view: View, *, noise_seed: int | None = None) -> Image:
