@@ -8,8 +8,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-import cel
-
+from rules._cel import cel
 from rules.bundle import RESERVED, Aggregate, Bundle, BundleError, Rule
 
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']+)'")

@@ -13,22 +13,23 @@ import contextlib
 import logging
 import math
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
-import cv2
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.api import Driver, DriverConfig, DriverContext
-from drivers.camera.motion import MotionGate
-from drivers.camera.source import FrameSource
 from gateway.config import Duration
 from gateway.records import Detection, new_id
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # OpenCV and numpy load when a camera runs, not with the config schema
+    import numpy as np
+    import numpy.typing as npt
 
-FoundQueue = asyncio.Queue[tuple[npt.NDArray[np.uint8], float, list[Any]]]
+    from drivers.camera.source import FrameSource
+
+    FoundQueue = asyncio.Queue[tuple[npt.NDArray[np.uint8], float, list[Any]]]
+
+logger = logging.getLogger(__name__)
 
 
 class _Model(BaseModel):
@@ -89,51 +90,6 @@ class CameraConfig(DriverConfig):
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Snapshots.")
 
 
-def encode_snapshot(
-    frame: npt.NDArray[np.uint8], found: list[Any], cfg: SnapshotConfig
-) -> bytes | None:
-    """A JPEG of `frame` under `cfg.max_bytes`, boxes drawn (blocking: run in a thread)."""
-    image = frame
-    scale = 1.0
-    if image.shape[1] > cfg.max_width:
-        scale = cfg.max_width / image.shape[1]
-        image = cast(
-            npt.NDArray[np.uint8],
-            cv2.resize(image, (cfg.max_width, round(image.shape[0] * scale))),
-        )
-    else:
-        image = image.copy()
-    if cfg.draw_boxes:
-        for f in found:
-            x1, y1, x2, y2 = (round(v * scale) for v in f.box)
-            cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), 2)
-            cv2.putText(
-                image,
-                f"{f.label} {f.score:.2f}",
-                (x1, max(12, y1 - 4)),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.5,
-                (0, 0, 255),
-                1,
-            )
-    quality = cfg.quality
-    while True:
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            return None
-        if len(data) <= cfg.max_bytes:
-            return bytes(data)
-        if quality > 40:
-            quality -= 15
-        elif image.shape[1] > 320:
-            image = cast(
-                npt.NDArray[np.uint8],
-                cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2)),
-            )
-        else:
-            return None
-
-
 class CameraDriver(Driver):
     """One camera."""
 
@@ -147,6 +103,8 @@ class CameraDriver(Driver):
             raise TypeError("CameraDriver needs a CameraConfig")
         self.cfg = config
         self.source: FrameSource | None = None
+        from drivers.camera.motion import MotionGate  # noqa: PLC0415 - OpenCV with a camera only
+
         self.gate = (
             MotionGate(
                 threshold=config.motion.threshold,
@@ -176,6 +134,8 @@ class CameraDriver(Driver):
         }
 
     async def run(self, ctx: DriverContext) -> None:
+        from drivers.camera.source import FrameSource  # noqa: PLC0415 - OpenCV with a camera only
+
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         fresh = asyncio.Event()  # set from the capture thread when a frame arrives
@@ -263,6 +223,8 @@ class CameraDriver(Driver):
                 await found_queue.put((frame, ts, keep))
 
     async def _publisher(self, ctx: DriverContext, found_queue: FoundQueue) -> None:
+        from drivers.camera.snapshot import encode_snapshot  # noqa: PLC0415 - OpenCV
+
         cfg = self.cfg
         last_snapshot = -math.inf
         while True:

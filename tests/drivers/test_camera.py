@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.camera.driver import CameraConfig, CameraDriver, SnapshotConfig, encode_snapshot
+from drivers.camera.driver import CameraConfig, CameraDriver, SnapshotConfig
 from drivers.camera.motion import MotionGate
+from drivers.camera.snapshot import encode_snapshot
 from firmware_sim.broker import free_port
 from firmware_sim.camera import CameraServer, street
 from gateway.config import ConfigError, load_config
