@@ -51,6 +51,7 @@ from firmware_sim.pty import PtyPair
 from firmware_sim.road import drive, render, street
 from firmware_sim.serial_devices import GpsReceiver
 
+PROFILE = os.environ.get("FOOTPRINT_PROFILE", "")  # cProfile output of the node, if set
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 MODEL = ROOT / "models" / "zoo" / "road_defect"
@@ -185,7 +186,10 @@ async def measure(name: str, seconds: float, camera_url: str | None, uplink: boo
                 )
                 await asyncio.sleep(0.5)  # subscribed before the node starts
             t0 = time.monotonic()
+            profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
             proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *profile,
                 str(ROOT / ".venv" / "bin" / "cityneuron"),
                 "run",
                 "--config",
@@ -273,7 +277,8 @@ def line(r: Result, bare: Result) -> str:
     growth = f"{r.growth_pct:+.1f}%" if r.growth_pct is not None else "n/a (run < 2 min)"
     return (
         f"({r.name}) steady RSS {r.steady_mb:.1f} MB{rss_budget}, "
-        f"{r.steady_mb / bare.steady_mb:.1f}x bare Python; peak {r.peak_mb:.1f} MB; CPU {r.cpu_pct:.2f}% of one core{cpu_budget}; "
+        f"{r.steady_mb / bare.steady_mb:.1f}x bare Python; peak {r.peak_mb:.1f} MB; "
+        f"CPU {r.cpu_pct:.2f}% of one core{cpu_budget}; "
         f"start to first reading {first} (budget 3 s); RSS growth minute 1 -> end {growth}"
     )
 

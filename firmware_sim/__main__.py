@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 
 from drivers.modbus.profile import load_profile
 from firmware_sim import camera
@@ -61,10 +62,22 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=10.0, help="changes per second of those")
     c = sub.add_parser("camera", help="serve a simulated IP camera (HTTP MJPEG)")
     camera.add_arguments(c)
+    r = sub.add_parser("road-video", help="write a simulated inspection drive (MJPG video)")
+    r.add_argument("out", type=Path, help="the .avi file to write")
+    r.add_argument("--seed", type=int, default=1, help="which street")
+    r.add_argument("--length", type=float, default=400.0, help="metres of street")
+    r.add_argument("--speed", type=float, default=8.0, help="metres per second")
+    r.add_argument("--fps", type=float, default=5.0, help="frames per second")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         if args.what == "camera":
             camera.main(args)
+        elif args.what == "road-video":
+            from firmware_sim import road  # noqa: PLC0415
+
+            s = road.street(args.seed, length=args.length)
+            n = road.write_video(args.out, s, speed=args.speed, fps=args.fps)
+            sys.stderr.write(f"{args.out}: {n} frames, {len(s.defects)} defects\n")
         else:
             asyncio.run(serve_modbus(args))
     return 0

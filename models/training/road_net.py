@@ -54,16 +54,24 @@ class RoadNet(nn.Module):
         self.head = nn.Sequential(conv_bn(f, f), conv_bn(f, f))
         self.heat = nn.Conv2d(f, classes, 1)
         self.box = nn.Conv2d(f, 4, 1)  # dx, dy (offset in the cell), log w, log h
+        self.seg = nn.Conv2d(f, classes, 1)  # auxiliary, training only
         nn.init.constant_(self.heat.bias, -4.6)  # prior 0.01
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        return self.heat(h), self.box(h)
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        return self.heat(h), self.box(h), self.seg(h)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         c8 = self.s8(self.stem(x))
         c16 = self.s16(c8)
         c32 = self.s32(c16)
         p = self.lat16(c16) + F.interpolate(self.lat32(c32), size=c16.shape[-2:], mode="nearest")
         p = c8 + F.interpolate(p, size=c8.shape[-2:], mode="nearest")
-        h = self.head(p)
-        return self.heat(h), self.box(h)
+        return self.head(p)  # type: ignore[no-any-return]
 
 
 class Exported(nn.Module):
