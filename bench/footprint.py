@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/footprint.py [--minutes 5] [--only a,b,c]
 
 Each configuration starts ``cityneuron run`` as its own process with a YAML config, next to
 a local Mosquitto, four simulated Modbus TCP devices polled every second and a GPS on a
-serial pseudo-terminal (5 fixes/s):
+serial pseudo-terminal (5 fixes/s, ``--gps-hz``):
 
 * (a) Modbus + GPS, no camera;
 * (b) (a) plus one 640x480 camera at 5 frames/s (the simulated IP camera showing the
@@ -164,7 +164,9 @@ def outbox_has_rows(db: Path) -> bool:
         return False
 
 
-async def measure(name: str, seconds: float, camera_url: str | None, uplink: bool) -> Result:
+async def measure(
+    name: str, seconds: float, camera_url: str | None, uplink: bool, gps_hz: float
+) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix=f"footprint-{name}-") as tmp,
         contextlib.ExitStack() as stack,
@@ -175,7 +177,7 @@ async def measure(name: str, seconds: float, camera_url: str | None, uplink: boo
         slaves = [SimSlave(unit=u, profile=load_profile(p), sensor=s) for _, p, u, s in DEVICES]
         async with ModbusSimServer(slaves) as sim, asyncio.TaskGroup() as tg:
             gps_pty = stack.enter_context(PtyPair(work, "gps"))
-            gps = GpsReceiver(str(gps_pty.device), rate_hz=5)
+            gps = GpsReceiver(str(gps_pty.device), rate_hz=gps_hz)
             gps_task = tg.create_task(gps.run(), name="bench.gps")
             path = config(work, name, broker_port, sim.port, str(gps_pty.host), camera_url)
             arrived = asyncio.Event()
@@ -289,6 +291,7 @@ async def main() -> None:
     )
     ap.add_argument("--minutes", type=float, default=5.0, help="run time per configuration")
     ap.add_argument("--only", default="a,b,c", help="configurations to run")
+    ap.add_argument("--gps-hz", type=float, default=5.0, help="GPS fixes per second")
     args = ap.parse_args()
     seconds = args.minutes * 60
     if not (MODEL / "model.yaml").exists() and set(args.only) & {"b", "c"}:
@@ -302,7 +305,7 @@ async def main() -> None:
         with CameraServer(fps=5, folder=folder) as camera:
             for name in args.only.split(","):
                 cam = camera.url if name in ("b", "c") else None
-                result = await measure(name, seconds, cam, uplink=name != "c")
+                result = await measure(name, seconds, cam, uplink=name != "c", gps_hz=args.gps_hz)
                 print(line(result, bare), flush=True)
 
 

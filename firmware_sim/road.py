@@ -145,6 +145,28 @@ def drive(s: Street, *, speed: float = 8.0, fps: float = 5.0, start: float = 0.0
         i += 1
 
 
+@dataclass(frozen=True, slots=True)
+class StreetRoute:
+    """The vehicle of `drive()` as a GPS route (firmware_sim.serial_devices.GpsReceiver):
+    it drives the street, then starts over at its beginning, in step with a looped video of
+    the same drive."""
+
+    street: Street
+    speed: float = 8.0
+    fps: float = 5.0
+
+    @property
+    def period(self) -> float:
+        """Seconds of one drive: the duration of its video."""
+        return sum(1 for _ in drive(self.street, speed=self.speed, fps=self.fps)) / self.fps
+
+    def at(self, t: float) -> tuple[float, float, float, float]:
+        """(lat, lon, heading degrees, speed km/h) at `t` seconds."""
+        along = min((t % self.period) * self.speed, self.street.length)
+        lat, lon = self.street.position(along)
+        return lat, lon, self.street.heading, self.speed * 3.6
+
+
 def _asphalt(seed: int) -> Image:
     rng = np.random.default_rng(seed)
     noise = cv2.GaussianBlur(rng.normal(0, 9, (HEIGHT, WIDTH)).astype(np.float32), (0, 0), 1.2)

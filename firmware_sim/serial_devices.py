@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import serial_asyncio_fast
 
@@ -185,6 +186,12 @@ class SerialSim:
         return out
 
 
+class Route(Protocol):
+    def at(self, t: float) -> tuple[float, float, float, float]:
+        """(lat, lon, heading degrees, speed km/h) at `t` seconds."""
+        ...
+
+
 class GpsReceiver(SerialSim):
     """A GPS receiver on a vehicle driving `route`."""
 
@@ -192,13 +199,13 @@ class GpsReceiver(SerialSim):
         self,
         port: str,
         *,
-        route: CityRoute | None = None,
+        route: Route | None = None,
         rate_hz: float = 5.0,
         seed: int = 1,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__(port, rate_hz=rate_hz, seed=seed)
-        self.route = route or CityRoute(seed=seed)
+        self.route: Route = route or CityRoute(seed=seed)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.last_fix: tuple[float, float, float, float] | None = None
 

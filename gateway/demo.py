@@ -26,6 +26,7 @@ from firmware_sim.broker import BrokerStartError, MosquittoBroker
 from firmware_sim.city import DustNoise, Hydrant, ManholeCover, RiverGauge
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 from firmware_sim.pty import PtyPair
+from firmware_sim.road import StreetRoute, street, write_video
 from firmware_sim.serial_devices import GpsReceiver, RainGauge
 from gateway.config import ConfigError, load_config
 
@@ -65,6 +66,29 @@ devices:
 {devices}
 """
 
+ROAD = """\
+  - type: camera
+    id: road-cam
+    source: {video}
+    fps: 5
+    loop: true
+    model: road
+    motion: {{enabled: false}}
+    snapshot: {{enabled: true, min_interval: 0.4s}}
+"""
+
+INSPECTION = """\
+models:
+  packages: {{road: {model}}}
+  threads: 1
+inspection:
+  enabled: true
+  cameras: [road-cam]
+  radius: 12
+  gap: 2s
+  ahead: 4
+"""
+
 SERIAL = """\
   - type: serial
     id: gps
@@ -98,16 +122,20 @@ class Viewer:
         self.messages = 0
         self.readings = 0
         self.events = 0
+        self.detections = 0
         self.seqs: list[int] = []
 
     def show(self, topic: str, payload: bytes) -> None:
         self.messages += 1
+        rel = topic.split(f"/{self.node}/", 1)[-1]
+        now = time.strftime("%H:%M:%S")
+        if rel.startswith("snapshots/"):
+            self._line(f"{now}  picture    {rel} ({len(payload) // 1024} KB JPEG)")
+            return
         try:
             body = json.loads(payload)
         except ValueError:
             body = {}
-        rel = topic.split(f"/{self.node}/", 1)[-1]
-        now = time.strftime("%H:%M:%S")
         if isinstance(body, dict) and isinstance(body.get("seq"), int):
             self.seqs.append(body["seq"])
         if rel == "status":
@@ -118,6 +146,8 @@ class Viewer:
             values = "  ".join(_fmt(r) for r in readings)
             device = body.get("device", "?")
             self._line(f"{now}  telemetry  {device:<12} #{body.get('seq')}  {values}")
+        elif rel == "events/detection":
+            self.detections += 1  # many per second: counted, the defect reports are shown
         elif rel.startswith("events/"):
             self.events += 1
             kind = rel.split("/", 1)[1]
@@ -176,23 +206,23 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
             sim = await astack.enter_async_context(ModbusSimServer(slaves))
             gps_pty = stack.enter_context(PtyPair(workdir, "gps"))
             rain_pty = stack.enter_context(PtyPair(workdir, "rain"))
-            gps = GpsReceiver(str(gps_pty.device), rate_hz=5)
+            road = _road_drive(workdir, out)
+            gps = GpsReceiver(str(gps_pty.device), rate_hz=5, route=road[1] if road else None)
             rain = RainGauge(str(rain_pty.device), rate_hz=1, storm=(10, 60))
             config_path = workdir / "node.yaml"
-            config_path.write_text(
-                CONFIG.format(
-                    node=NODE_ID,
-                    rules=resources.files("rules") / "examples" / "city.yaml",
-                    data=workdir / "data",
-                    broker_port=broker.port,
-                    devices="".join(
-                        DEVICE.format(id=d, profile=p, unit=u, port=sim.port)
-                        for d, p, u, _ in DEVICES
-                    )
-                    + SERIAL.format(gps_port=gps_pty.host, rain_port=rain_pty.host),
-                ),
-                encoding="utf-8",
+            devices = "".join(
+                DEVICE.format(id=d, profile=p, unit=u, port=sim.port) for d, p, u, _ in DEVICES
+            ) + SERIAL.format(gps_port=gps_pty.host, rain_port=rain_pty.host)
+            text = CONFIG.format(
+                node=NODE_ID,
+                rules=resources.files("rules") / "examples" / "city.yaml",
+                data=workdir / "data",
+                broker_port=broker.port,
+                devices=devices + (ROAD.format(video=road[0]) if road else ""),
             )
+            if road:
+                text += INSPECTION.format(model=ROAD_MODEL)
+            config_path.write_text(text, encoding="utf-8")
             try:
                 config = load_config(config_path)
             except ConfigError as exc:  # the demo's own config: a bug if this happens
@@ -205,9 +235,15 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 f"a GPS and a rain gauge on serial lines ({gps_pty.host.parent})\n"
                 f"config: {config_path}\n"
                 "the manhole lid is lifted at 20-35 s, a storm raises the river from 10 s, "
-                "the hydrant is opened at 40-50 s; the vehicle drives a loop through the "
-                "streets of central Porto Alegre.\n"
-                "Ctrl-C stops.\n\n"
+                "the hydrant is opened at 40-50 s; "
+                + (
+                    f"the sweeper's camera inspects Rua dos Andradas, {road[1].period:.0f} s a "
+                    "drive, again and again: each crack and pothole is reported once, then "
+                    "updated on every later drive.\n"
+                    if road
+                    else "the vehicle drives a loop through the streets of central Porto Alegre.\n"
+                )
+                + "Ctrl-C stops.\n\n"
             )
             out.flush()
             gw = Gateway(config)
@@ -216,10 +252,12 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 watcher = tg.create_task(_watch(broker, viewer, subscribed), name="demo.backend")
                 await subscribed.wait()
                 runner = tg.create_task(gw.run(), name="gateway")
-                sims = [
-                    tg.create_task(gps.run(), name="demo.gps"),
-                    tg.create_task(rain.run(), name="demo.rain-gauge"),
-                ]
+                sims = [tg.create_task(rain.run(), name="demo.rain-gauge")]
+                if road:  # the GPS starts with the camera's video: both show the same drive
+                    ready = tg.create_task(gw.ready.wait(), name="demo.ready")
+                    await asyncio.wait((ready, runner), return_when=asyncio.FIRST_COMPLETED)
+                    ready.cancel()
+                sims.append(tg.create_task(gps.run(), name="demo.gps"))
                 if duration is not None:
                     loop = asyncio.get_running_loop()
                     timer = loop.call_later(duration, gw.request_stop)
@@ -232,11 +270,29 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
             outbox = gw.outbox.stats if gw.outbox else None
             out.write(
                 f"\nreceived {viewer.messages} message(s): {viewer.readings} reading(s), "
-                f"{viewer.events} event(s); sequence numbers "
+                f"{viewer.events} event(s), {viewer.detections} detection(s); sequence numbers "
                 f"{min(viewer.seqs, default=0)}..{max(viewer.seqs, default=0)}; "
                 f"{outbox.messages if outbox else 0} message(s) left in the outbox\n"
             )
     return 0
+
+
+ROAD_MODEL = Path(str(resources.files("models") / "zoo" / "road_defect"))
+
+
+def _road_drive(workdir: Path, out: TextIO) -> tuple[Path, StreetRoute] | None:
+    """The inspection drive's video and GPS route, when the road model is installed."""
+    if not (ROAD_MODEL / "model.yaml").is_file():
+        out.write("(no road model installed: the demo runs without the inspection camera)\n")
+        return None
+    s = street(seed=1)
+    route = StreetRoute(s)
+    video = workdir / "inspection-drive.avi"
+    out.write("rendering the inspection drive's video ... ")
+    out.flush()
+    frames = write_video(video, s, speed=route.speed, fps=route.fps)
+    out.write(f"{frames} frames, {len(s.defects)} defects on the street\n")
+    return video, route
 
 
 def run_demo(duration: float | None = None, workdir: Path | None = None) -> int:

@@ -133,9 +133,11 @@ def gaussian_radius(h: float, w: float, overlap: float = 0.7) -> float:
     return min(r1, r2, r3)
 
 
-def targets(boxes: F32, classes: npt.NDArray[np.int64], gh: int, gw: int) -> tuple[F32, F32, F32]:
+def targets(
+    boxes: F32, classes: npt.NDArray[np.int64], gh: int, gw: int, n_classes: int = len(CLASSES)
+) -> tuple[F32, F32, F32]:
     """Heatmap [C, gh, gw], box targets [4, gh, gw] and their mask [gh, gw]."""
-    heat = np.zeros((len(CLASSES), gh, gw), np.float32)
+    heat = np.zeros((n_classes, gh, gw), np.float32)
     box = np.zeros((4, gh, gw), np.float32)
     mask = np.zeros((gh, gw), np.float32)
     ys, xs = np.mgrid[0:gh, 0:gw]
@@ -207,13 +209,24 @@ def decode(o: F32, floor: float = 0.05) -> tuple[F32, F32, npt.NDArray[np.int64]
     return boxes[idx] * scale, conf[keep][idx], cls[keep][idx]
 
 
-def export(net: RoadNet, out: Path, thresholds: dict[str, float], description: str) -> None:
+def export(
+    net: RoadNet,
+    out: Path,
+    thresholds: dict[str, float],
+    description: str,
+    *,
+    name: str = "road-defect",
+    classes: tuple[str, ...] = CLASSES,
+    size: tuple[int, int] = INPUT,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write model.onnx (YOLOv8 layout) and its model.yaml into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    exported = Exported(net, INPUT[1], INPUT[0]).eval()
+    exported = Exported(net, size[1], size[0]).eval()
     path = out / "model.onnx"
     torch.onnx.export(
         exported,
-        torch.zeros(1, 3, INPUT[1], INPUT[0]),
+        torch.zeros(1, 3, size[1], size[0]),
         str(path),
         opset_version=17,
         input_names=["images"],
@@ -225,25 +238,46 @@ def export(net: RoadNet, out: Path, thresholds: dict[str, float], description: s
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     spec: dict[str, Any] = {
-        "name": "road-defect",
+        "name": name,
         "version": time.strftime("%Y.%m.%d"),
         "file": "model.onnx",
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "task": "detect",
         "description": description,
         "input": {
-            "size": list(INPUT),
+            "size": list(size),
             "layout": "NCHW",
             "dtype": "float32",
             "color": "RGB",
             "resize": "letterbox",
         },
         "output": {"decoder": "yolov8"},
-        "classes": list(CLASSES),
+        "classes": list(classes),
         "thresholds": {"score": min(thresholds.values()), "iou": 0.45, "per_class": thresholds},
         "max_detections": 50,
+        **(extra or {}),
     }
     (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+DESCRIPTION = (
+    "Road cracks (crack regions) and potholes from a forward-looking vehicle camera; "
+    "trained on the road-dnit frames (Passos et al., doi:10.17632/t576ydh9v8.4) by "
+    "models/training/train_road.py."
+)
+
+
+def export_checkpoint(args: argparse.Namespace) -> None:
+    """Export the best checkpoint of an interrupted run, thresholds picked on val."""
+    torch.set_num_threads(args.threads)
+    net = RoadNet(len(CLASSES), args.width)
+    net.load_state_dict(torch.load(args.out / "best.pt"))
+    net.eval()
+    val = load_split(args.data, "val")
+    preds = predict(net, load_images(val))
+    thresholds = pick_thresholds(val, preds)
+    print(json.dumps(evaluate(val, preds, thresholds)))
+    export(net, args.out, thresholds, DESCRIPTION)
 
 
 def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
@@ -258,7 +292,15 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("models/zoo/road_defect"))
+    ap.add_argument(
+        "--export-only",
+        action="store_true",
+        help="export OUT/best.pt (the best checkpoint so far of a run) without training",
+    )
     args = ap.parse_args()
+    if args.export_only:
+        export_checkpoint(args)
+        return
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -336,9 +378,7 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         net.eval(),
         args.out,
         best[1]["thresholds"],
-        "Road cracks (crack regions) and potholes from a forward-looking vehicle camera; "
-        "trained on the road-dnit frames (Passos et al., doi:10.17632/t576ydh9v8.4) by "
-        "models/training/train_road.py.",
+        DESCRIPTION,
     )
     (args.out / "train-log.json").write_text(
         json.dumps(

@@ -1,0 +1,1 @@
+"""Model packages shipped with cityneuron (model.onnx, model.yaml and a model card each)."""
