@@ -425,8 +425,13 @@ class Outbox:
         ttl: dict[Priority, float] | None = None,
         queue_size: int = 10_000,
         maintenance_interval: float = 60.0,
+        ack_interval: float = 1.0,
     ) -> None:
         self.path = path
+        # Deleting acknowledged messages is not urgent (a crash before it means a QoS 1
+        # redelivery with the same id, which receivers handle): deletions wait up to this
+        # long for records to share their commit, halving the commits of a steady flow.
+        self.ack_interval = ack_interval
         self.node = node
         self.bus = bus
         self.max_bytes = max_bytes
@@ -490,8 +495,9 @@ class Outbox:
                     self.batch_max * 10, self.commit_interval, wake=self._ack_wake
                 )
                 if not batch:
-                    # only acknowledgements: let a few more gather before committing
-                    await asyncio.sleep(self.commit_interval)
+                    # only acknowledgements: wait for records to commit them with, for at
+                    # most `ack_interval`
+                    batch = await self._records_or_timeout(sub)
                 self._ack_wake.clear()
                 await self._commit(batch)
                 if time.monotonic() >= next_maintenance:
@@ -504,6 +510,17 @@ class Outbox:
             finally:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+
+    async def _records_or_timeout(self, sub: Any) -> list[Record]:
+        timer = asyncio.Event()
+        handle = asyncio.get_running_loop().call_later(self.ack_interval, timer.set)
+        try:
+            batch: list[Record] = await sub.get_batch(
+                self.batch_max * 10, self.commit_interval, wake=timer
+            )
+        finally:
+            handle.cancel()
+        return batch
 
     async def _shutdown(self, sub: Any) -> None:
         """Commit what is still queued and close the file (runs during cancellation)."""
