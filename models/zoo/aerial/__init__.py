@@ -1,0 +1,1 @@
+"""The aerial small-object model package (data only: see MODEL_CARD.md)."""
