@@ -79,6 +79,7 @@ class Result:
     cpu_pct: float
     first_reading_s: float | None
     growth_pct: float | None
+    breakdown: str = ""
 
 
 def proc_sample(pid: int, t0: float) -> Sample | None:
@@ -91,6 +92,25 @@ def proc_sample(pid: int, t0: float) -> Sample | None:
     return Sample(time.monotonic() - t0, int(statm[1]) * PAGE / 2**20, cpu)
 
 
+def where(pid: int) -> str:
+    """Resident memory by mapping: anonymous (Python objects, malloc arenas, onnxruntime's
+    buffers) and the largest shared libraries (file-backed, shared with other processes)."""
+    by: dict[str, int] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+            name = Path(parts[5]).name if len(parts) > 5 and parts[5].startswith("/") else "anon"
+        elif parts[0] == "Rss:":
+            by[name] = by.get(name, 0) + int(parts[1])
+    anon = by.pop("anon", 0)
+    libs = sorted(by.items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{n.split('.')[0]} {kb / 1024:.0f}" for n, kb in libs[:5])
+    return (
+        f"anonymous {anon / 1024:.0f} MB, files {sum(by.values()) / 1024:.0f} MB (largest: {top})"
+    )
+
+
 def peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -99,7 +119,13 @@ def peak_mb(pid: int) -> float:
 
 
 def config(
-    workdir: Path, name: str, broker_port: int, sim_port: int, gps: str, camera: str | None
+    workdir: Path,
+    name: str,
+    broker_port: int,
+    sim_port: int,
+    gps: str,
+    camera: str | None,
+    model: Path,
 ) -> Path:
     devices = "".join(
         f"""  - type: modbus
@@ -127,14 +153,14 @@ def config(
     model: road
     motion: {{enabled: true}}
 """
-        models = f"models:\n  packages: {{road: {MODEL}}}\n  threads: 1\n"
+        models = f"models:\n  packages: {{road: {model}}}\n  threads: 1\n"
     text = f"""node:
   id: footprint-{name}
   data_dir: {workdir / "data"}
 log: {{level: warning}}
 location: {{source: gps}}
 http: {{enabled: true, port: {free_port()}}}
-discovery: {{enabled: false}}
+discovery: {{enabled: true, interfaces: [127.0.0.1]}}
 mqtt:
   host: 127.0.0.1
   port: {broker_port}
@@ -165,7 +191,7 @@ def outbox_has_rows(db: Path) -> bool:
 
 
 async def measure(
-    name: str, seconds: float, camera_url: str | None, uplink: bool, gps_hz: float
+    name: str, seconds: float, camera_url: str | None, uplink: bool, gps_hz: float, model: Path
 ) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix=f"footprint-{name}-") as tmp,
@@ -179,7 +205,7 @@ async def measure(
             gps_pty = stack.enter_context(PtyPair(work, "gps"))
             gps = GpsReceiver(str(gps_pty.device), rate_hz=gps_hz)
             gps_task = tg.create_task(gps.run(), name="bench.gps")
-            path = config(work, name, broker_port, sim.port, str(gps_pty.host), camera_url)
+            path = config(work, name, broker_port, sim.port, str(gps_pty.host), camera_url, model)
             arrived = asyncio.Event()
             watcher = None
             if uplink:
@@ -218,6 +244,7 @@ async def measure(
                     samples.append(s)
                     await asyncio.sleep(0.05 if first is None else 1.0)
                 peak = peak_mb(proc.pid)
+                breakdown = where(proc.pid)
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
@@ -238,7 +265,7 @@ async def measure(
         minute1 = statistics.median(s.rss_mb for s in samples if 60 <= s.t < 70)
         final = statistics.median(s.rss_mb for s in samples if s.t >= end - 10)
         growth = (final - minute1) / minute1 * 100
-    return Result(name, steady, peak, cpu * 100, first, growth)
+    return Result(name, steady, peak, cpu * 100, first, growth, breakdown)
 
 
 async def bare_python(seconds: float) -> Result:
@@ -282,6 +309,7 @@ def line(r: Result, bare: Result) -> str:
         f"{r.steady_mb / bare.steady_mb:.1f}x bare Python; peak {r.peak_mb:.1f} MB; "
         f"CPU {r.cpu_pct:.2f}% of one core{cpu_budget}; "
         f"start to first reading {first} (budget 3 s); RSS growth minute 1 -> end {growth}"
+        + (f"\n    resident: {r.breakdown}" if r.breakdown else "")
     )
 
 
@@ -292,10 +320,11 @@ async def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0, help="run time per configuration")
     ap.add_argument("--only", default="a,b,c", help="configurations to run")
     ap.add_argument("--gps-hz", type=float, default=5.0, help="GPS fixes per second")
+    ap.add_argument("--model", type=Path, default=MODEL, help="model package for (b), (c)")
     args = ap.parse_args()
     seconds = args.minutes * 60
-    if not (MODEL / "model.yaml").exists() and set(args.only) & {"b", "c"}:
-        raise SystemExit(f"{MODEL}: the road model package is missing")
+    if not (args.model / "model.yaml").exists() and set(args.only) & {"b", "c"}:
+        raise SystemExit(f"{args.model}: the road model package is missing")
     bare = await bare_python(10)
     print(
         f"baseline: bare Python asyncio idle RSS {bare.steady_mb:.1f} MB, CPU {bare.cpu_pct:.2f}%"
@@ -305,7 +334,9 @@ async def main() -> None:
         with CameraServer(fps=5, folder=folder) as camera:
             for name in args.only.split(","):
                 cam = camera.url if name in ("b", "c") else None
-                result = await measure(name, seconds, cam, uplink=name != "c", gps_hz=args.gps_hz)
+                result = await measure(
+                    name, seconds, cam, uplink=name != "c", gps_hz=args.gps_hz, model=args.model
+                )
                 print(line(result, bare), flush=True)
 
 

@@ -25,7 +25,6 @@ from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandError, CommandRouter
 from gateway.config import NodeConfig
 from gateway.devices import DeviceContext, DriverComponent, SharedResources
-from gateway.discovery import Advertiser
 from gateway.health import HealthServer
 from gateway.inspection import DefectStore, InspectionService, InspectionSettings
 from gateway.location import LocationService
@@ -37,7 +36,6 @@ from gateway.systemd import SystemdNotifier
 from gateway.uplink import Uplink
 from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
-from rules.signing import load_public
 from rules.store import RuleStore
 
 logger = logging.getLogger(__name__)
@@ -93,6 +91,8 @@ class Gateway:
             self.http = HealthServer(self, cfg.http.host, cfg.http.port)
             components.append(self.http)
         if cfg.discovery.enabled:
+            from gateway.discovery import Advertiser  # noqa: PLC0415 - zeroconf only if used
+
             components.append(Advertiser(self, cfg.discovery.interfaces))
         ttl = cfg.outbox.ttl
         self.outbox = Outbox(
@@ -167,6 +167,11 @@ class Gateway:
 
     def _build_rules(self) -> RuleEngine:
         cfg = self.config.rules
+        trusted = {}
+        if cfg.trusted_keys:
+            from rules.signing import load_public  # noqa: PLC0415 - cryptography only if used
+
+            trusted = {k.id: load_public(k.public_key) for k in cfg.trusted_keys}
         self.rules = RuleEngine(
             self.bus,
             node=self.config.node.id,
@@ -176,7 +181,7 @@ class Gateway:
         self.deployer = RuleDeployer(
             self.rules,
             RuleStore(self.config.node.data_dir / "rules"),
-            trusted={k.id: load_public(k.public_key) for k in cfg.trusted_keys},
+            trusted=trusted,
             require_signature=cfg.require_signature,
             max_bytes=int(cfg.max_bundle_bytes),
         )

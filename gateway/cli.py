@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import sys
@@ -150,7 +151,26 @@ async def _run_gateway(config: NodeConfig) -> None:
         _arm_hard_exit(HARD_EXIT_GRACE)
 
 
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas before any thread starts.
+
+    glibc gives threads that allocate concurrently arenas of their own, up to eight per
+    core, and keeps their freed memory: with a camera, a model and the outbox's thread a
+    node holds ~8 MB more resident memory than with two arenas, for no measurable speed.
+    A no-op (False) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG

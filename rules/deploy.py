@@ -10,16 +10,16 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from gateway.commands import CommandError, CommandRouter
 from rules.bundle import BundleError, parse_bundle
 from rules.compiler import CompiledBundle, compile_bundle
 from rules.engine import RuleEngine
-from rules.signing import SignatureError, verify
 from rules.store import Deployed, RuleStore
+
+if TYPE_CHECKING:  # cryptography (7 MB resident) loads when a signed bundle arrives
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class RuleDeployer:
         if signature is not None or key is not None or self.require_signature:
             if not signature or not key:
                 raise CommandError("unsigned", "the bundle needs a signature and a key id")
+            from rules.signing import SignatureError, verify  # noqa: PLC0415
+
             try:
                 verify(data, signature, key, self.trusted)
             except SignatureError as exc:
