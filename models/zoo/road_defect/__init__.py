@@ -1,0 +1,1 @@
+"""The road-defect model package (data only: see MODEL_CARD.md)."""
