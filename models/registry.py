@@ -30,11 +30,15 @@ class ModelRegistry:
         self.models: dict[str, LoadedModel] = {}
         self.failures: dict[str, str] = {}
         self._lock = asyncio.Lock()
+        # the node does not wait for the models (loading and warming up takes seconds):
+        # the other devices start at once, and a camera's first inference waits for this
+        self.loaded = asyncio.Event()
 
     async def _load(self, name: str, directory: Path) -> LoadedModel:
         return await asyncio.to_thread(LoadedModel.load, directory, threads=self.threads)
 
     async def run(self, ready: Ready) -> None:
+        ready()
         try:
             for name, directory in self.packages.items():
                 try:
@@ -43,9 +47,10 @@ class ModelRegistry:
                 except ModelError as exc:
                     self.failures[name] = str(exc)
                     logger.error("model %s not loaded: %s", name, exc)  # noqa: TRY400
-            ready()
+            self.loaded.set()
             await asyncio.Event().wait()
         finally:
+            self.loaded.clear()
             for model in self.models.values():
                 await asyncio.to_thread(model.close)
             self.models.clear()
@@ -60,6 +65,8 @@ class ModelRegistry:
         return model
 
     async def infer(self, name: str, image: Any) -> list[Found]:
+        if not self.loaded.is_set() and name in self.packages:
+            await self.loaded.wait()
         return await self.get(name).infer(image, self.watchdog)
 
     async def swap(self, name: str, directory: Path) -> LoadedModel:
