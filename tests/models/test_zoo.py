@@ -36,3 +36,24 @@ def test_the_aerial_model_finds_small_objects_with_tiling_and_not_without() -> N
         model.close()
     assert tiled >= 0.8
     assert whole < 0.2
+
+
+async def test_the_registry_is_ready_at_once_and_inference_waits_for_the_load() -> None:
+    import asyncio
+
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry({"road": ZOO / "road_defect"}, threads=1)
+    loaded_when_ready: list[bool] = []
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(
+            registry.run(lambda: loaded_when_ready.append(registry.loaded.is_set())),
+            name="test.registry",
+        )
+        await asyncio.sleep(0)
+        assert loaded_when_ready == [False]  # other devices need not wait for the model
+        frame = np.full((480, 640, 3), 100, np.uint8)
+        found = await registry.infer("road", frame)  # waits for the load, then runs
+        assert registry.loaded.is_set()
+        assert isinstance(found, list)
+        task.cancel()
