@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-EARTH_RADIUS_M = 6_371_008.8
+from gateway.geo import move
+
 CAMERA_HEIGHT = 1.6
 NEAR, FAR = 3.0, 28.0
 WIDTH, HEIGHT = 640, 480
@@ -57,13 +58,7 @@ class Street:
 
     def position(self, along: float) -> tuple[float, float]:
         """(lat, lon) of the point `along` metres down the street."""
-        lat, lon = math.radians(self.origin[0]), math.radians(self.origin[1])
-        d, h = along / EARTH_RADIUS_M, math.radians(self.heading)
-        lat2 = math.asin(math.sin(lat) * math.cos(d) + math.cos(lat) * math.sin(d) * math.cos(h))
-        lon2 = lon + math.atan2(
-            math.sin(h) * math.sin(d) * math.cos(lat), math.cos(d) - math.sin(lat) * math.sin(lat2)
-        )
-        return math.degrees(lat2), math.degrees(lon2)
+        return move(self.origin, self.heading, along)
 
 
 def street(
@@ -155,10 +150,11 @@ class StreetRoute:
     speed: float = 8.0
     fps: float = 5.0
 
-    @property
-    def period(self) -> float:
-        """Seconds of one drive: the duration of its video."""
-        return sum(1 for _ in drive(self.street, speed=self.speed, fps=self.fps)) / self.fps
+    period: float = field(init=False, repr=False)  # seconds of one drive (its video)
+
+    def __post_init__(self) -> None:
+        frames = sum(1 for _ in drive(self.street, speed=self.speed, fps=self.fps))
+        object.__setattr__(self, "period", frames / self.fps)  # once, not at every fix
 
     def at(self, t: float) -> tuple[float, float, float, float]:
         """(lat, lon, heading degrees, speed km/h) at `t` seconds."""

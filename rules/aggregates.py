@@ -7,18 +7,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.geo import distance_m
 from rules.bundle import Aggregate, DetectionCount
 
 MAX_SAMPLES = 10_000  # per window: a 10-minute window at 16 Hz still fits
 MAX_DETECTIONS = 10_000
-EARTH_RADIUS_M = 6_371_000.0
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 class SlidingWindow:
@@ -186,7 +179,7 @@ class DetectionLog:
             if spec.radius_m is not None:
                 if seen.lat is None or seen.lon is None or here is None:
                     continue
-                if haversine_m(here[0], here[1], seen.lat, seen.lon) > spec.radius_m:
+                if distance_m(here, (seen.lat, seen.lon)) > spec.radius_m:
                     continue
             n += 1
         return float(n)

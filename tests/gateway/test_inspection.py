@@ -29,13 +29,12 @@ from gateway.config import (
     TlsSection,
     load_config,
 )
+from gateway.geo import distance_m, move
 from gateway.inspection import (
     Defect,
     DefectStore,
     InspectionService,
     InspectionSettings,
-    distance_m,
-    move,
 )
 from gateway.location import LocationService
 from gateway.records import Detection, Reading, Severity
