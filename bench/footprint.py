@@ -52,6 +52,39 @@ from firmware_sim.road import drive, render, street
 from firmware_sim.serial_devices import GpsReceiver
 
 PROFILE = os.environ.get("FOOTPRINT_PROFILE", "")  # cProfile output of the node, if set
+TRACEMALLOC = os.environ.get("FOOTPRINT_TRACEMALLOC", "")  # Python allocations, if set
+# The node under tracemalloc: Python's allocations by package (each block charged to the
+# innermost frame outside the import machinery, so a module's code and globals count for
+# its package) and the largest allocation sites, written to a file before the end.
+TRACED_NODE = """
+import collections, sys, threading, time, tracemalloc
+out, after = sys.argv[1], float(sys.argv[2])
+def package(filename):
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in filename:
+            rest = filename.split(marker, 1)[1].lstrip("0123456789./")
+            return rest.split("/", 1)[0].removesuffix(".py")
+    return filename.rsplit("/work/", 1)[-1].split("/")[1] if "/work/" in filename else filename
+def dump():
+    time.sleep(after)
+    snap = tracemalloc.take_snapshot()
+    current, peak = tracemalloc.get_traced_memory()
+    by = collections.Counter()
+    for trace in snap.traces:
+        frames = [f.filename for f in trace.traceback if not f.filename.startswith("<")]
+        by[package(frames[-1]) if frames else "(interpreter)"] += trace.size
+    lines = [f"Python allocations: {current / 2**20:.1f} MB (peak {peak / 2**20:.1f} MB)"]
+    lines += [f"{size / 2**20:8.2f} MB  {name}" for name, size in by.most_common(30)]
+    lines.append("largest sites:")
+    lines += [f"{s.size / 2**20:8.2f} MB {s.count:8d} blocks  {s.traceback[-1]}"
+              for s in snap.statistics("lineno")[:15]]
+    with open(out, "w") as f:
+        f.write("\\n".join(lines) + "\\n")
+threading.Thread(target=dump, daemon=True, name="tracemalloc-dump").start()
+sys.argv = ["cityneuron", *sys.argv[3:]]
+from gateway.cli import main
+main()
+"""
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 MODEL = ROOT / "models" / "zoo" / "road_defect"
@@ -214,11 +247,15 @@ async def measure(
                 )
                 await asyncio.sleep(0.5)  # subscribed before the node starts
             t0 = time.monotonic()
-            profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
+            if TRACEMALLOC:
+                out = f"{TRACEMALLOC}-{name}.txt"
+                launch = ["-X", "tracemalloc=25", "-c", TRACED_NODE, out, str(seconds - 5)]
+            else:
+                profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
+                launch = [*profile, str(ROOT / ".venv" / "bin" / "cityneuron")]
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                *profile,
-                str(ROOT / ".venv" / "bin" / "cityneuron"),
+                *launch,
                 "run",
                 "--config",
                 str(path),

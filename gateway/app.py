@@ -90,10 +90,6 @@ class Gateway:
         if cfg.http.enabled:
             self.http = HealthServer(self, cfg.http.host, cfg.http.port)
             components.append(self.http)
-        if cfg.discovery.enabled:
-            from gateway.discovery import Advertiser  # noqa: PLC0415 - zeroconf only if used
-
-            components.append(Advertiser(self, cfg.discovery.interfaces))
         ttl = cfg.outbox.ttl
         self.outbox = Outbox(
             cfg.outbox.resolved_path(cfg.node.data_dir),
@@ -163,6 +159,12 @@ class Gateway:
             component = DriverComponent(driver_cls(device), ctx)
             self.drivers[device.id] = component
             components.append(component)
+        if cfg.discovery.enabled:
+            from gateway.discovery import Advertiser  # noqa: PLC0415 - zeroconf only if used
+
+            # last: announcing takes ~1.5 s of multicast probing, which must not delay the
+            # first readings, and a node is announced once it serves what it announces
+            components.append(Advertiser(self, cfg.discovery.interfaces))
         return components
 
     def _build_rules(self) -> RuleEngine:

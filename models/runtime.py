@@ -70,6 +70,9 @@ class LoadedModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # no busy-waiting threads between frames: an edge box has other work to do
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no arena: the activations are freed after each frame and go back to the system
+        # (with the node's fixed mmap threshold), not kept for the next one; same speed
+        options.enable_cpu_mem_arena = False
         options.log_severity_level = 3
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -170,3 +170,52 @@ def test_run_exits_nonzero_when_a_component_keeps_failing(tmp_path: Path) -> Non
     assert "node stopped on error" in result.stderr
     # the failure is logged once when the streak starts, not once per attempt
     assert result.stderr.count("restarting with backoff") == 1
+
+
+FRAGMENTED_HEAP = """
+import ctypes, os, sys
+from gateway.cli import tune_malloc
+
+def anon_kb():
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1])
+
+if sys.argv[1] == "tuned" and not tune_malloc():
+    sys.exit(3)
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+keep = []
+before = anon_kb()
+for _ in range(3):  # frame-sized buffers, each round pinned by a small block above it
+    blocks = [libc.malloc(1 << 20) for _ in range(20)]
+    for b in blocks:
+        ctypes.memset(b, 1, 1 << 20)
+    keep.append(libc.malloc(64 << 10))
+    for b in blocks:
+        libc.free(b)
+print(anon_kb() - before)
+"""
+
+
+def test_tuned_malloc_gives_freed_frame_buffers_back(tmp_path: Path) -> None:
+    def retained_kb(mode: str) -> int:
+        result = subprocess.run(
+            [sys.executable, "-c", FRAGMENTED_HEAP, mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode == 3:
+            pytest.skip("not glibc: mallopt is not available")
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout)
+
+    tuned = retained_kb("tuned")
+    default = retained_kb("default")
+    assert default > 15_000  # glibc's default: the heap keeps what sits below a live block
+    assert tuned < 3_000
