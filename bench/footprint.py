@@ -16,6 +16,11 @@ core averaged over the last 60 s, the time from process start to the first readi
 published (to the outbox for (c)), and the RSS growth between minute 1 and the end. The
 baseline, measured in the same run, is a bare Python interpreter idling in an asyncio loop;
 results are printed against it and against the budget of issue #10.
+
+Where the memory and CPU go: every line carries the resident memory by mapping (anonymous,
+and the largest shared libraries); ``FOOTPRINT_TRACEMALLOC=/tmp/tm`` runs the node under
+tracemalloc and writes its Python allocations by package to ``/tmp/tm-<config>.txt`` (the
+node starts slower so); ``FOOTPRINT_PROFILE=/tmp/prof`` runs it under cProfile.
 """
 
 from __future__ import annotations
@@ -53,30 +58,20 @@ from firmware_sim.serial_devices import GpsReceiver
 
 PROFILE = os.environ.get("FOOTPRINT_PROFILE", "")  # cProfile output of the node, if set
 TRACEMALLOC = os.environ.get("FOOTPRINT_TRACEMALLOC", "")  # Python allocations, if set
-# The node under tracemalloc: Python's allocations by package (each block charged to the
-# innermost frame outside the import machinery, so a module's code and globals count for
-# its package) and the largest allocation sites, written to a file before the end.
+# The node under tracemalloc: Python's allocations by file and the largest allocation sites,
+# written to a file before the end (module code and globals show as the import machinery's).
 TRACED_NODE = """
-import collections, sys, threading, time, tracemalloc
+import sys, threading, time, tracemalloc
 out, after = sys.argv[1], float(sys.argv[2])
-def package(filename):
-    for marker in ("site-packages/", "/lib/python3"):
-        if marker in filename:
-            rest = filename.split(marker, 1)[1].lstrip("0123456789./")
-            return rest.split("/", 1)[0].removesuffix(".py")
-    return filename.rsplit("/work/", 1)[-1].split("/")[1] if "/work/" in filename else filename
 def dump():
     time.sleep(after)
     snap = tracemalloc.take_snapshot()
     current, peak = tracemalloc.get_traced_memory()
-    by = collections.Counter()
-    for trace in snap.traces:
-        frames = [f.filename for f in trace.traceback if not f.filename.startswith("<")]
-        by[package(frames[-1]) if frames else "(interpreter)"] += trace.size
     lines = [f"Python allocations: {current / 2**20:.1f} MB (peak {peak / 2**20:.1f} MB)"]
-    lines += [f"{size / 2**20:8.2f} MB  {name}" for name, size in by.most_common(30)]
+    lines += [f"{s.size / 2**20:8.2f} MB  {s.traceback[0].filename}"
+              for s in snap.statistics("filename")[:25]]
     lines.append("largest sites:")
-    lines += [f"{s.size / 2**20:8.2f} MB {s.count:8d} blocks  {s.traceback[-1]}"
+    lines += [f"{s.size / 2**20:8.2f} MB {s.count:8d} blocks  {s.traceback[0]}"
               for s in snap.statistics("lineno")[:15]]
     with open(out, "w") as f:
         f.write("\\n".join(lines) + "\\n")
@@ -249,7 +244,14 @@ async def measure(
             t0 = time.monotonic()
             if TRACEMALLOC:
                 out = f"{TRACEMALLOC}-{name}.txt"
-                launch = ["-X", "tracemalloc=25", "-c", TRACED_NODE, out, str(seconds - 5)]
+                launch = [
+                    "-X",
+                    "tracemalloc=1",
+                    "-c",
+                    TRACED_NODE,
+                    out,
+                    str(max(seconds - 40, seconds / 2)),
+                ]
             else:
                 profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
                 launch = [*profile, str(ROOT / ".venv" / "bin" / "cityneuron")]
