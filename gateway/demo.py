@@ -254,7 +254,9 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 runner = tg.create_task(gw.run(), name="gateway")
                 sims = [tg.create_task(rain.run(), name="demo.rain-gauge")]
                 if road:  # the GPS starts with the camera's video: both show the same drive
-                    ready = tg.create_task(gw.ready.wait(), name="demo.ready")
+                    ready = tg.create_task(
+                        gw.started("driver[road-cam]").wait(), name="demo.camera-started"
+                    )
                     await asyncio.wait((ready, runner), return_when=asyncio.FIRST_COMPLETED)
                     ready.cancel()
                 sims.append(tg.create_task(gps.run(), name="demo.gps"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
+from firmware_sim.road import street
+from gateway.geo import distance_m
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = [sys.executable, "-m", "gateway.cli"]
@@ -139,8 +142,10 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     assert result.stderr == f"error: {config}:1:1: node.id: required key is missing\n"
 
 
-def test_demo_shows_readings_arriving_upstream_and_stops(tmp_path: Path) -> None:
-    result = cli("demo", "--duration", "6", "--workdir", str(tmp_path), timeout=90)
+def test_demo_shows_readings_and_road_defects_arriving_upstream_and_stops(
+    tmp_path: Path,
+) -> None:
+    result = cli("demo", "--duration", "22", "--workdir", str(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "status     demo-sweeper-3 is online" in out
@@ -152,6 +157,15 @@ def test_demo_shows_readings_arriving_upstream_and_stops(tmp_path: Path) -> None
     assert "status     demo-sweeper-3 is offline" in out
     assert "0 message(s) left in the outbox" in out
     assert (tmp_path / "node.yaml").exists()
+    # the inspection drive: the shipped road model on the rendered video, the GPS on the
+    # same street; the first defects are reported once each, where the street has them
+    found = re.findall(r"defect (\w+) found at (-?[\d.]+),(-?[\d.]+)", out)
+    assert len(found) >= 2, out
+    s = street(seed=1)
+    truth = [s.position(d.along) for d in s.defects]
+    for _, lat, lon in found:
+        assert min(distance_m((float(lat), float(lon)), t) for t in truth) < 8.0, out
+    assert len({(lat, lon) for _, lat, lon in found}) == len(found)
 
 
 def test_run_exits_nonzero_when_a_component_keeps_failing(tmp_path: Path) -> None:
