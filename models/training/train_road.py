@@ -7,7 +7,9 @@
 Trains on ``train.txt``, selects the checkpoint and the score thresholds on ``val.txt``,
 never reads ``test.txt`` (``models.training.road_eval`` reports on it). Writes
 ``model.onnx`` and ``model.yaml`` into ``--out`` (and ``train-log.json`` with the val
-figures per epoch). Deterministic given ``--seed`` up to CPU thread scheduling.
+figures per epoch). Deterministic given ``--seed`` up to CPU thread scheduling. An
+interrupted run continues where it stopped with ``--resume`` and the same arguments (the
+state after the last finished epoch is kept in ``OUT/last.pt``).
 
 The backbone also learns a coarse segmentation of the masks (an auxiliary head at stride 8,
 not exported): dense supervision from every pixel, which trains a small network from
@@ -293,6 +295,11 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("models/zoo/road_defect"))
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose state is in OUT/last.pt (same arguments)",
+    )
+    ap.add_argument(
         "--export-only",
         action="store_true",
         help="export OUT/best.pt (the best checkpoint so far of a run) without training",
@@ -320,8 +327,21 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     log: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    for epoch in range(args.epochs):
+    last = args.out / "last.pt"
+    first_epoch = 0
+    if args.resume:
+        if not last.is_file():
+            raise SystemExit(f"{last}: no interrupted run to resume")
+        state = torch.load(last, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch, log, best = state["epoch"], state["log"], state["best"]
+        print(f"resuming after epoch {first_epoch}", flush=True)
+    t0 = time.monotonic() - (log[-1]["minutes"] * 60 if log else 0.0)
+    for epoch in range(first_epoch, args.epochs):
         net.train()
         rng.shuffle(pool)
         losses = []
@@ -371,9 +391,25 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
                 torch.save(net.state_dict(), args.out / "best.pt")
         log.append(entry)
         print(json.dumps(entry), flush=True)
+        # the whole state after every epoch: a run of hours survives an interruption
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "log": log,
+                "best": best,
+            },
+            last.with_suffix(".tmp"),
+        )
+        last.with_suffix(".tmp").replace(last)
     assert best is not None
     net.load_state_dict(torch.load(args.out / "best.pt"))
     (args.out / "best.pt").unlink()
+    last.unlink()
     export(
         net.eval(),
         args.out,

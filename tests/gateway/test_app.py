@@ -69,7 +69,10 @@ async def test_device_readings_reach_the_bus_with_node_id_and_state_event() -> N
 async def test_disabled_device_does_not_run() -> None:
     gw = Gateway(node(CounterConfig(type="counter", id="c1", enabled=False)), registry=registry())
     assert gw.drivers == {}
-    assert [c.name for c in gw.components] == ["http", "discovery", "outbox", "rules"]
+    # the LAN announcement starts last: its probing must not delay the devices
+    assert [c.name for c in gw.components] == ["http", "outbox", "rules", "discovery"]
+    enabled = Gateway(node(CounterConfig(type="counter", id="c1")), registry=registry())
+    assert [c.name for c in enabled.components][-2:] == ["driver[c1]", "discovery"]
 
 
 async def test_a_component_that_keeps_failing_stops_the_gateway_with_the_reason() -> None:
