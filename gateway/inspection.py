@@ -4,10 +4,15 @@ A camera on a sweeper sees a pothole in ten or twenty consecutive frames as the 
 approaches it, and again on every later drive down the street. Road maintenance wants one
 report per pothole, updated when it is seen again. This component does that:
 
-1. **Tracks** (one pass): a detection joins the open track of the same camera and label
-   whose last box is nearest in the image (centre distance under ``match_distance`` of the
-   frame diagonal), provided it was seen within ``gap`` seconds; otherwise it opens a
-   track. Each sighting is geotagged with the location service's current fix (sightings
+1. **Tracks** (one pass): a detection joins the open track of the same camera whose last
+   box is nearest in the image (centre distance under ``match_distance`` of the frame
+   diagonal), provided it was seen within ``gap`` seconds, preferring a track of its own
+   label; otherwise it opens a track. Detectors trade classes on one object from frame to
+   frame (a crack region called a pothole in a few frames): that is one defect, reported
+   with the label that won the most score (a track of another label is joined only when
+   the boxes share most of their columns). A track takes at most one detection per frame,
+   so a pothole inside a crack region, both seen in the same frames, stays two defects.
+   Each sighting is geotagged with the location service's current fix (sightings
    without a valid fix are counted and left out: they cannot be placed).
 2. When a track has not been seen for ``gap`` seconds it closes. Tracks with fewer than
    ``min_sightings`` sightings are dropped as noise. The defect's position is the vehicle's
@@ -48,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 PICTURES_KEPT = 64  # recent frame JPEGs remembered for the best-picture choice
 MAX_OPEN_TRACKS = 256
+RELABEL_OVERLAP = 0.5  # share of columns with which another label joins a track
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +81,7 @@ class Sighting:
 @dataclass
 class Track:
     camera: str
-    label: str
+    label: str  # the label with the most score so far
     model: str
     last_seen: float  # monotonic
     last: Sighting
@@ -85,10 +91,16 @@ class Track:
     picture: bytes | None = None
     picture_score: float = -1.0
     frame_size: tuple[int, int] | None = None
+    votes: dict[str, float] = field(default_factory=dict)
+    last_frame: str | None = None
 
-    def add(self, s: Sighting, now: float, picture: bytes | None) -> None:
+    def add(
+        self, s: Sighting, now: float, picture: bytes | None, label: str, frame: str | None
+    ) -> None:
         self.sightings += 1
-        self.last, self.last_seen = s, now
+        self.last, self.last_seen, self.last_frame = s, now, frame
+        self.votes[label] = self.votes.get(label, 0.0) + s.score
+        self.label = max(self.votes, key=lambda k: self.votes[k])
         self.best_score = max(self.best_score, s.score)
         if self.closest is None or s.area > self.closest.area:
             self.closest = s
@@ -174,6 +186,15 @@ def _centre_distance(a: Sighting, b: Detection, diagonal: float) -> float:
     return math.hypot(ax - bx, ay - by) / diagonal
 
 
+def _across(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """How much two boxes share their horizontal extent (intersection over union of the
+    x intervals). Between frames a defect on the road slides down the picture by more than
+    its own height, so its boxes rarely overlap, but it stays in the same columns."""
+    inter = min(a[2], b[2]) - max(a[0], b[0])
+    union = max(a[2], b[2]) - min(a[0], b[0])
+    return max(0.0, inter) / union if union > 0 else 0.0
+
+
 class InspectionService:
     """Component turning camera detections into deduplicated, geotagged defect events."""
 
@@ -236,13 +257,17 @@ class InspectionService:
         sighting = Sighting(d.ts, d.score, d.box, area, dict(loc))
         picture = self._pictures.get(d.frame_id) if d.frame_id else None
         best: Track | None = None
-        best_dist = self.settings.match_distance
+        best_key = (True, self.settings.match_distance)  # (other label?, distance)
         for t in self.tracks:
-            if t.camera != d.camera or t.label != d.label or now - t.last_seen > self.settings.gap:
+            if t.camera != d.camera or now - t.last_seen > self.settings.gap:
                 continue
-            dist = _centre_distance(t.last, d, diagonal)
-            if dist <= best_dist:
-                best, best_dist = t, dist
+            if d.frame_id and t.last_frame == d.frame_id:
+                continue  # one detection per frame and track
+            key = (t.label != d.label, _centre_distance(t.last, d, diagonal))
+            if key[0] and _across(t.last.box, d.box) < RELABEL_OVERLAP:
+                continue  # another label only for the same object: the same columns
+            if key[1] <= self.settings.match_distance and key <= best_key:
+                best, best_key = t, key
         if best is None:
             if len(self.tracks) >= MAX_OPEN_TRACKS:
                 self.tracks.sort(key=lambda t: t.last_seen)
@@ -250,7 +275,7 @@ class InspectionService:
                 self.counts["noise"] += 1
             best = Track(d.camera, d.label, d.model, now, sighting, frame_size=d.frame_size)
             self.tracks.append(best)
-        best.add(sighting, now, picture)
+        best.add(sighting, now, picture, d.label, d.frame_id)
 
     def due(self) -> float | None:
         """Seconds until the oldest open track closes, None without open tracks."""
