@@ -17,7 +17,9 @@ scratch far faster than the box centres alone.
 
 Augmentation: random scale (0.7-1.3) and crop, horizontal flip, brightness/contrast/
 saturation jitter, occasional blur; frames with potholes are drawn twice as often (they
-are a quarter of the training frames).
+are a quarter of the training frames). ``--copy-paste P`` (off by default) also blends
+1-3 potholes cut from other training frames onto the road (the LANE mask) of a share P of
+the samples, near the rows they came from.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 import yaml
 
-from models.training.road_data import CLASSES, SOURCE_SIZE, Frame, load_split
+from models.training.road_data import (
+    CLASSES,
+    POTHOLE_MIN_AREA,
+    SOURCE_SIZE,
+    Frame,
+    load_split,
+)
 from models.training.road_eval import evaluate, pick_thresholds
 from models.training.road_net import STRIDE, Exported, RoadNet
 
@@ -58,9 +67,10 @@ def resize(img: U8, size: tuple[int, int], interpolation: int) -> U8:
     return np.concatenate(parts, axis=2)
 
 
-def load_images(frames: list[Frame], masks: bool = False) -> list[U8]:
+def load_images(frames: list[Frame], masks: bool = False, lane: bool = False) -> list[U8]:
     """Frames at the input size, RGB; with `masks`, the crack and pothole masks appended as
-    channels 3 and 4 (so that augmentation moves them with the picture)."""
+    channels 3 and 4 (so that augmentation moves them with the picture); with `lane` also
+    the road-region mask as channel 5."""
     out = []
     for f in frames:
         img = cv2.imread(str(f.image), cv2.IMREAD_COLOR)
@@ -69,7 +79,7 @@ def load_images(frames: list[Frame], masks: bool = False) -> list[U8]:
         layers = [cv2.cvtColor(img, cv2.COLOR_BGR2RGB)]
         if masks:
             stem = str(f.image).removesuffix("_RAW.jpg")
-            for kind in ("CRACK", "POTHOLE"):
+            for kind in ("CRACK", "POTHOLE", "LANE")[: 3 if lane else 2]:
                 m = cv2.imread(f"{stem}_{kind}.png", cv2.IMREAD_GRAYSCALE)
                 if m is None:
                     raise SystemExit(f"{stem}_{kind}.png: cannot be read")
@@ -77,6 +87,81 @@ def load_images(frames: list[Frame], masks: bool = False) -> list[U8]:
         stacked = np.concatenate(layers, axis=2)
         out.append(resize(stacked, INPUT, cv2.INTER_AREA))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """A pothole cut out of a training frame (input scale) for copy-paste augmentation."""
+
+    pixels: U8  # RGB, crack and pothole mask channels
+    alpha: F32  # [h, w] blending weight: the blob, slightly grown and feathered
+    top: int  # the row it came from: pasted near it, so that its perspective scale fits
+
+
+def pothole_patches(images: list[U8], margin: int = 6) -> list[Patch]:
+    """Every pothole blob of the training frames (channel 4) with a margin around it."""
+    min_area = POTHOLE_MIN_AREA * (INPUT[0] / SOURCE_SIZE[0]) ** 2
+    out = []
+    for img in images:
+        mask = (img[:, :, 4] > 127).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        for x, y, w, h, area in stats[1:n]:
+            if area < min_area:
+                continue
+            x0, y0 = max(0, x - margin), max(0, y - margin)
+            x1, y1 = min(img.shape[1], x + w + margin), min(img.shape[0], y + h + margin)
+            blob = cv2.dilate(mask[y0:y1, x0:x1], np.ones((5, 5), np.uint8)).astype(np.float32)
+            alpha = cv2.GaussianBlur(blob, (0, 0), 1.5).clip(0, 1)
+            out.append(Patch(img[y0:y1, x0:x1, :5].copy(), alpha, int(y0)))
+    return out
+
+
+def paste_potholes(
+    img: U8,
+    boxes: F32,
+    classes: npt.NDArray[np.int64],
+    patches: list[Patch],
+    rng: random.Random,
+    *,
+    count: int,
+) -> tuple[U8, F32, npt.NDArray[np.int64]]:
+    """Copy-paste augmentation: `count` potholes of other frames blended onto this frame's
+    road (channel 5, the lane mask) near the rows they came from, with their masks and
+    boxes. Rare objects seen in more places generalise better (Ghiasi et al., 2021)."""
+    img = img.copy()
+    boxes, classes = list(boxes), list(classes)
+    height, width = img.shape[:2]
+    for _ in range(count):
+        p = patches[rng.randrange(len(patches))]
+        h, w = p.alpha.shape
+        if h >= height or w >= width:
+            continue
+        y0 = int(np.clip(p.top + rng.randint(-20, 20), 0, height - h))
+        for _attempt in range(10):
+            x0 = rng.randint(0, width - w)
+            if img[y0 + h // 2, x0 + w // 2, 5] > 127:
+                break
+        else:
+            continue  # no road at these rows
+        ys, xs = np.nonzero(p.pixels[:, :, 4] > 127)
+        if not len(xs):
+            continue
+        box = np.asarray([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
+        if any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in boxes):
+            continue  # never over another object
+        a = p.alpha[:, :, None]
+        region = img[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
+        region[:, :, :3] = region[:, :, :3] * (1 - a) + p.pixels[:, :, :3] * a
+        region[:, :, 3] *= 1 - p.alpha  # no crack under a pothole
+        region[:, :, 4] = np.maximum(region[:, :, 4], p.pixels[:, :, 4])
+        img[y0 : y0 + h, x0 : x0 + w] = region.clip(0, 255).astype(np.uint8)
+        boxes.append(box.astype(np.float32))
+        classes.append(np.int64(1))
+    return (
+        img,
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(classes, np.int64),
+    )
 
 
 def augment(
@@ -112,7 +197,7 @@ def augment(
         boxes = boxes.copy()
         boxes[:, [0, 2]] = CROP[0] - boxes[:, [2, 0]]
     x = img[:, :, :3].astype(np.float32)
-    seg = img[:, :, 3:]
+    seg = img[:, :, 3:5]
     x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean() + rng.uniform(-30, 30)
     grey = x.mean(axis=2, keepdims=True)
     x = grey + (x - grey) * rng.uniform(0.6, 1.4)
@@ -295,6 +380,12 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("models/zoo/road_defect"))
     ap.add_argument(
+        "--copy-paste",
+        type=float,
+        default=0.0,
+        help="share of training samples that get 1-3 potholes of other frames pasted in",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run whose state is in OUT/last.pt (same arguments)",
@@ -314,7 +405,11 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     rng = random.Random(args.seed)
     train, val = load_split(args.data, "train"), load_split(args.data, "val")
     print(f"train {len(train)} frames, val {len(val)}; loading images", flush=True)
-    train_img, val_img = load_images(train, masks=True), load_images(val)
+    train_img = load_images(train, masks=True, lane=args.copy_paste > 0)
+    val_img = load_images(val)
+    patches = pothole_patches(train_img) if args.copy_paste > 0 else []
+    if patches:
+        print(f"copy-paste: {len(patches)} pothole patches", flush=True)
     scale = np.float32(INPUT[0] / SOURCE_SIZE[0])
     pool = [i for i, f in enumerate(train) for _ in range(2 if (f.classes == 1).any() else 1)]
 
@@ -348,7 +443,10 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         for step in range(steps_per_epoch):
             imgs, heats, boxes, masks, segs = [], [], [], [], []
             for i in pool[step * args.batch : (step + 1) * args.batch]:
-                img, b, c = augment(train_img[i], train[i].boxes * scale, train[i].classes, rng)
+                img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
+                if patches and rng.random() < args.copy_paste:
+                    img, b, c = paste_potholes(img, b, c, patches, rng, count=rng.randint(1, 3))
+                img, b, c = augment(img, b, c, rng)
                 h, bx, m = targets(b, c, gh, gw)
                 segs.append(seg_target(img))
                 imgs.append(img)
