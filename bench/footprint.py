@@ -108,6 +108,7 @@ class Result:
     first_reading_s: float | None
     growth_pct: float | None
     breakdown: str = ""
+    cpu_minutes: tuple[float, ...] = ()  # CPU % of each whole minute after the first
 
 
 def proc_sample(pid: int, t0: float) -> Sample | None:
@@ -304,7 +305,14 @@ async def measure(
         minute1 = statistics.median(s.rss_mb for s in samples if 60 <= s.t < 70)
         final = statistics.median(s.rss_mb for s in samples if s.t >= end - 10)
         growth = (final - minute1) / minute1 * 100
-    return Result(name, steady, peak, cpu * 100, first, growth, breakdown)
+    minutes = []
+    for m in range(1, int(end // 60)):
+        window = [s for s in samples if 60 * m <= s.t <= 60 * (m + 1)]
+        if len(window) >= 2:
+            minutes.append((window[-1].cpu_s - window[0].cpu_s) / (window[-1].t - window[0].t))
+    return Result(
+        name, steady, peak, cpu * 100, first, growth, breakdown, tuple(m * 100 for m in minutes)
+    )
 
 
 async def bare_python(seconds: float) -> Result:
@@ -346,7 +354,13 @@ def line(r: Result, bare: Result) -> str:
     return (
         f"({r.name}) steady RSS {r.steady_mb:.1f} MB{rss_budget}, "
         f"{r.steady_mb / bare.steady_mb:.1f}x bare Python; peak {r.peak_mb:.1f} MB; "
-        f"CPU {r.cpu_pct:.2f}% of one core{cpu_budget}; "
+        f"CPU {r.cpu_pct:.2f}% of one core{cpu_budget}"
+        + (
+            f" (minute by minute after the first: {' '.join(f'{c:.2f}' for c in r.cpu_minutes)})"
+            if len(r.cpu_minutes) > 1
+            else ""
+        )
+        + "; "
         f"start to first reading {first} (budget 3 s); RSS growth minute 1 -> end {growth}"
         + (f"\n    resident: {r.breakdown}" if r.breakdown else "")
     )
