@@ -19,7 +19,7 @@ results are printed against it and against the budget of issue #10.
 
 Where the memory and CPU go: every line carries the resident memory by mapping (anonymous,
 and the largest shared libraries); ``FOOTPRINT_TRACEMALLOC=/tmp/tm`` runs the node under
-tracemalloc and writes its Python allocations by package to ``/tmp/tm-<config>.txt`` (the
+tracemalloc and writes its Python allocations by file to ``/tmp/tm-<config>.txt`` (the
 node starts slower so); ``FOOTPRINT_PROFILE=/tmp/prof`` runs it under cProfile.
 """
 
@@ -109,6 +109,11 @@ class Result:
     growth_pct: float | None
     breakdown: str = ""
     cpu_minutes: tuple[float, ...] = ()  # CPU % of each whole minute after the first
+
+
+def cpu_share(window: list[Sample]) -> float:
+    """CPU time over wall time between the first and the last sample (1.0 = one core)."""
+    return (window[-1].cpu_s - window[0].cpu_s) / (window[-1].t - window[0].t)
 
 
 def proc_sample(pid: int, t0: float) -> Sample | None:
@@ -298,18 +303,17 @@ async def measure(
                     watcher.cancel()
     end = samples[-1].t
     last_minute = [s for s in samples if s.t >= end - 60]
-    cpu = (last_minute[-1].cpu_s - last_minute[0].cpu_s) / (last_minute[-1].t - last_minute[0].t)
+    cpu = cpu_share(last_minute)
     steady = statistics.median(s.rss_mb for s in last_minute)
     growth = None
     if end >= 120:
         minute1 = statistics.median(s.rss_mb for s in samples if 60 <= s.t < 70)
         final = statistics.median(s.rss_mb for s in samples if s.t >= end - 10)
         growth = (final - minute1) / minute1 * 100
-    minutes = []
-    for m in range(1, int(end // 60)):
-        window = [s for s in samples if 60 * m <= s.t <= 60 * (m + 1)]
-        if len(window) >= 2:
-            minutes.append((window[-1].cpu_s - window[0].cpu_s) / (window[-1].t - window[0].t))
+    windows = (
+        [s for s in samples if 60 * m <= s.t <= 60 * (m + 1)] for m in range(1, int(end // 60))
+    )
+    minutes = [cpu_share(w) for w in windows if len(w) >= 2]
     return Result(
         name, steady, peak, cpu * 100, first, growth, breakdown, tuple(m * 100 for m in minutes)
     )
@@ -331,7 +335,7 @@ async def bare_python(seconds: float) -> Result:
     finally:
         proc.kill()
         await proc.wait()
-    cpu = (samples[-1].cpu_s - samples[1].cpu_s) / (samples[-1].t - samples[1].t)
+    cpu = cpu_share(samples[1:])
     return Result("bare", samples[-1].rss_mb, peak, cpu * 100, None, None)
 
 
