@@ -142,11 +142,13 @@ class SerialSim:
         """`frame` with a wrong integrity check (subclasses know where it is)."""
         return frame[:-3] + bytes([frame[-3] ^ 0x01]) + frame[-2:]
 
-    async def run(self) -> None:
-        """Write to the port until cancelled."""
+    async def run(self, *, epoch: float | None = None) -> None:
+        """Write to the port until cancelled; the device's time counts from `epoch` (the
+        event loop's clock, i.e. time.monotonic(); default: now), so that it can run in
+        step with another simulation, such as a video of the same drive."""
         _, writer = await serial_asyncio_fast.open_serial_connection(url=self.port, baudrate=115200)
         loop = asyncio.get_running_loop()
-        self._t0 = loop.time()
+        self._t0 = loop.time() if epoch is None else epoch
         try:
             while True:
                 if not self.silent:

@@ -78,7 +78,6 @@ class Gateway:
         self.commands.register("write", self._cmd_write)
         self.supervisors: list[Supervisor] = []
         self.ready = asyncio.Event()
-        self._started: dict[str, asyncio.Event] = {}
         self._stop = asyncio.Event()
 
     def _build(self) -> list[Component]:
@@ -199,7 +198,7 @@ class Gateway:
         self.inspection = InspectionService(
             self.bus,
             DefectStore(self.config.node.data_dir / "inspection.db"),
-            locate=self.location.snapshot,
+            locate=self.location.at,
             settings=InspectionSettings(
                 cameras=frozenset(ins.cameras),
                 labels=frozenset(ins.labels),
@@ -304,8 +303,6 @@ class Gateway:
                     self.supervisors.append(sup)
                     tasks.append(tg.create_task(sup.run(), name=component.name))
                     await self._wait_started(sup, tasks[-1])
-                    if sup.started.is_set():
-                        self.started(component.name).set()
                     if self._stop.is_set():
                         break
                 if not self._stop.is_set():
@@ -323,11 +320,6 @@ class Gateway:
             if handle_signals:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
-
-    def started(self, component: str) -> asyncio.Event:
-        """Set once the component named `component` (``driver[<device id>]`` for a device)
-        has started, before the node is `ready` (which waits for all of them)."""
-        return self._started.setdefault(component, asyncio.Event())
 
     async def _wait_started(self, sup: Supervisor, task: asyncio.Task[None]) -> None:
         """Wait until `sup` is ready, has ended, a stop is requested, or time is up."""

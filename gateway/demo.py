@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack, ExitStack
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import aiomqtt
 
@@ -29,6 +29,9 @@ from firmware_sim.pty import PtyPair
 from firmware_sim.road import StreetRoute, street, write_video
 from firmware_sim.serial_devices import GpsReceiver, RainGauge
 from gateway.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +256,14 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 await subscribed.wait()
                 runner = tg.create_task(gw.run(), name="gateway")
                 sims = [tg.create_task(rain.run(), name="demo.rain-gauge")]
-                if road:  # the GPS starts with the camera's video: both show the same drive
-                    ready = tg.create_task(
-                        gw.started("driver[road-cam]").wait(), name="demo.camera-started"
-                    )
-                    await asyncio.wait((ready, runner), return_when=asyncio.FIRST_COMPLETED)
-                    ready.cancel()
-                sims.append(tg.create_task(gps.run(), name="demo.gps"))
+                epoch = None
+                if road:  # the GPS drives in step with the camera's video of the same drive
+                    playing = tg.create_task(_video_playing(gw, "road-cam"), name="demo.video")
+                    await asyncio.wait((playing, runner), return_when=asyncio.FIRST_COMPLETED)
+                    playing.cancel()
+                    if not playing.cancelled() and playing.done():
+                        epoch = playing.result()
+                sims.append(tg.create_task(gps.run(epoch=epoch), name="demo.gps"))
                 if duration is not None:
                     loop = asyncio.get_running_loop()
                     timer = loop.call_later(duration, gw.request_stop)
@@ -277,6 +281,19 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 f"{outbox.messages if outbox else 0} message(s) left in the outbox\n"
             )
     return 0
+
+
+async def _video_playing(gw: Gateway, camera: str) -> float:
+    """When (time.monotonic) the first frame of `camera`'s video file was played."""
+    from drivers.camera.source import FrameSource  # noqa: PLC0415 - OpenCV, with the camera
+
+    name = f"driver[{camera}]"
+    while True:  # only until the video starts, a second or two
+        driver = next((getattr(c, "driver", None) for c in gw.components if c.name == name), None)
+        source = getattr(driver, "source", None)
+        if isinstance(source, FrameSource) and source.playing_since is not None:
+            return source.playing_since
+        await asyncio.sleep(0.01)
 
 
 ROAD_MODEL = Path(str(resources.files("models") / "zoo" / "road_defect"))

@@ -12,8 +12,9 @@ report per pothole, updated when it is seen again. This component does that:
    with the label that won the most score (a track of another label is joined only when
    the boxes share most of their columns). A track takes at most one detection per frame,
    so a pothole inside a crack region, both seen in the same frames, stays two defects.
-   Each sighting is geotagged with the location service's current fix (sightings
-   without a valid fix are counted and left out: they cannot be placed).
+   Each sighting is geotagged with where the vehicle was when its frame was captured
+   (the location service's last fix dead-reckoned to that moment: `LocationService.at`);
+   sightings without a valid fix are counted and left out: they cannot be placed.
 2. When a track has not been seen for ``gap`` seconds it closes. Tracks with fewer than
    ``min_sightings`` sightings are dropped as noise. The defect's position is the vehicle's
    position at the sighting where the box was largest (the closest approach), moved
@@ -205,7 +206,7 @@ class InspectionService:
         bus: Bus,
         store: DefectStore,
         *,
-        locate: Callable[[], dict[str, Any] | None],
+        locate: Callable[[datetime], dict[str, Any] | None],
         settings: InspectionSettings | None = None,
         snapshots: SnapshotStore | None = None,
         clock: Callable[[], float] | None = None,
@@ -238,7 +239,7 @@ class InspectionService:
         if not self.wants(d):
             return
         now = self.clock()
-        loc = self.locate()
+        loc = self.locate(d.ts)
         if not loc or not loc.get("valid") or "lat" not in loc or "lon" not in loc:
             self.counts["unlocated"] += 1
             if not self._unlocated_streak:

@@ -5,6 +5,11 @@ describes the current fix for events and rules — always with its age, and mark
 `valid: false` (with the reason) when there is no fix, the receiver reports no fix, the
 receiver went offline, or the fix is older than `stale_after`. A stale position is never
 passed off as current.
+
+`at(ts)` is where a moving node was at a given moment, such as when a camera frame was
+captured: the last fix moved along its heading at its speed (km/h, as GPS profiles report
+it) for the time between the fix and `ts`. A GPS reports once a second or less often (a
+driver's report policy may throttle it further), and at 30 km/h a second is 8 m.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeGuard
 
 from gateway.bus import Bus, DropPolicy
+from gateway.geo import move
 from gateway.records import Event, Reading
 from gateway.supervisor import Ready
 
@@ -29,6 +36,7 @@ class Fix:
 
     values: dict[str, Any] = field(default_factory=dict)
     position_at: float | None = None  # monotonic time of the last lat/lon
+    position_ts: datetime | None = None  # and its reading's timestamp
     receiver_valid: bool = True
     offline_reason: str | None = None
 
@@ -76,6 +84,22 @@ class LocationService:
             out["valid"] = True
         return out
 
+    def at(self, ts: datetime, now: float | None = None) -> dict[str, Any] | None:
+        """`snapshot()` for the moment `ts`, dead-reckoned from the last fix (at most
+        `stale_after` seconds either way); ``extrapolated_s`` says by how long."""
+        out = self.snapshot(now)
+        fix = self.fix
+        if not out or not out.get("valid") or out.get("source") == "fixed":
+            return out
+        speed, heading = out.get("speed"), out.get("heading")
+        if fix.position_ts is None or not _number(speed) or not _number(heading):
+            return out
+        dt = (ts - fix.position_ts).total_seconds()
+        dt = max(-self.stale_after, min(self.stale_after, dt))
+        lat, lon = move((float(out["lat"]), float(out["lon"])), heading, speed / 3.6 * dt)
+        out.update(lat=round(lat, 7), lon=round(lon, 7), extrapolated_s=round(dt, 3))
+        return out
+
     def observe(self, record: object, now: float | None = None) -> None:
         """Take one record from the bus into account."""
         if isinstance(record, Reading) and record.device == self.source:
@@ -88,7 +112,7 @@ class LocationService:
             elif record.point in FIELDS:
                 fix.values[record.point] = record.value
                 if record.point in ("lat", "lon"):
-                    fix.position_at = now
+                    fix.position_at, fix.position_ts = now, record.ts
                     fix.receiver_valid = True
         elif isinstance(record, Event) and record.source == self.source:
             if record.kind == "device.offline":
@@ -106,3 +130,7 @@ class LocationService:
             ready()
             async for record in sub:
                 self.observe(record)
+
+
+def _number(v: object) -> TypeGuard[float]:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -4,6 +4,11 @@ The capture thread reads as fast as the source delivers (so no backlog builds up
 OpenCV's or the network's buffers) and keeps the latest frame; the camera loop takes it at
 its own pace — frames in between are dropped and counted. A source that delivers nothing
 for `stale_after` seconds is closed and reopened with backoff.
+
+A video file plays at its own frame rate, as a camera would deliver it: frame ``k`` is due
+``k / fps`` seconds after the first (an absolute schedule, so decoding time does not make
+the video drift behind the wall clock; a looped file continues the schedule). A reader more
+than ``MAX_BEHIND`` seconds behind it (a stalled machine) starts the schedule afresh.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ class SourceStats:
     corrupt: int = 0  # frames that decoded to nothing usable
     opens: int = 0
     failures: int = 0  # failed opens and stalls
+    behind: int = 0  # times a file's playback fell behind its frame rate and restarted it
 
 
 STREAMS = ("rtsp:", "rtsps:", "http:", "https:", "tcp:", "udp:")
 MAX_BAD_READS = 10  # failed reads in a row before a stream counts as ended
+MAX_BEHIND = 1.0  # seconds a file's playback may fall behind its schedule before it restarts
 
 
 def open_capture(source: str, timeout: float = 5.0) -> cv2.VideoCapture:
@@ -84,6 +91,10 @@ class FrameSource:
         self._taken = threading.Event()
         self._taken.set()
         self._thread: threading.Thread | None = None
+        # a file played in real time: when (time.monotonic) its frame 0 was due, and how
+        # many frames have been delivered on that schedule
+        self.playing_since: float | None = None
+        self._played = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -128,6 +139,7 @@ class FrameSource:
         `MAX_BAD_READS` failed reads in a row or `stale_after` seconds without a usable
         frame. A file ends at its end (or starts over with `loop_file`)."""
         stream = self.source.startswith(STREAMS)
+        self.playing_since = None  # a reopened file starts its schedule afresh
         delivered = False
         bad = 0
         last_good = time.monotonic()
@@ -165,10 +177,25 @@ class FrameSource:
             if self.notify is not None:
                 self.notify()
             if not stream and not self.lockstep and not self.source.startswith("/dev/"):
-                # a file plays at its own frame rate, as a camera would deliver it
-                fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-                self._stop.wait(1.0 / max(1.0, min(fps, 120.0)))
+                self._pace(cap, now)
         return delivered
+
+    def _pace(self, cap: cv2.VideoCapture, now: float) -> None:
+        """Wait until the file's next frame is due (see the module's docstring)."""
+        fps = max(1.0, min(cap.get(cv2.CAP_PROP_FPS) or 25.0, 120.0))
+        if self.playing_since is None or now - self._due(fps) > MAX_BEHIND:
+            if self.playing_since is not None and not self.stats.behind:
+                logger.warning(
+                    "%s: cannot be read at its %.0f frames/s; played slower", self.source, fps
+                )
+            self.stats.behind += self.playing_since is not None
+            self.playing_since, self._played = now, 0
+        self._played += 1
+        self._stop.wait(max(0.0, self._due(fps) - time.monotonic()))
+
+    def _due(self, fps: float) -> float:
+        assert self.playing_since is not None
+        return self.playing_since + self._played / fps
 
     def _down(self, reason: str) -> None:
         self.stats.failures += 1

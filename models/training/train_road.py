@@ -52,7 +52,7 @@ from models.training.road_data import (
 from models.training.road_eval import evaluate, pick_thresholds
 from models.training.road_net import STRIDE, Exported, RoadNet
 
-INPUT = (640, 400)  # width, height: the model's input, 0.8 x the 800x500 frames
+INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
 CROP = (384, 256)
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -304,10 +304,11 @@ def export(
     *,
     name: str = "road-defect",
     classes: tuple[str, ...] = CLASSES,
-    size: tuple[int, int] = INPUT,
+    size: tuple[int, int] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write model.onnx (YOLOv8 layout) and its model.yaml into `out`."""
+    size = size or INPUT
     out.mkdir(parents=True, exist_ok=True)
     exported = Exported(net, size[1], size[0]).eval()
     path = out / "model.onnx"
@@ -354,6 +355,20 @@ DESCRIPTION = (
 )
 
 
+def input_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT``, both multiples of the output stride."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 800x496") from None
+    if w % STRIDE or h % STRIDE or w < CROP[0] or h < CROP[1]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: width and height must be multiples of {STRIDE}, at least "
+            f"{CROP[0]}x{CROP[1]}"
+        )
+    return w, h
+
+
 def export_checkpoint(args: argparse.Namespace) -> None:
     """Export the best checkpoint of an interrupted run, thresholds picked on val."""
     torch.set_num_threads(args.threads)
@@ -376,6 +391,13 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument(
+        "--input",
+        type=input_size,
+        default="640x400",
+        help="the model's input size, WIDTHxHEIGHT (default 640x400); frames are "
+        "scaled to it for training as well",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("models/zoo/road_defect"))
@@ -396,6 +418,8 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         help="export OUT/best.pt (the best checkpoint so far of a run) without training",
     )
     args = ap.parse_args()
+    global INPUT  # noqa: PLW0603 - one input size for the whole run, set once here
+    INPUT = args.input
     if args.export_only:
         export_checkpoint(args)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from drivers.camera.driver import CameraConfig, CameraDriver, SnapshotConfig
 from drivers.camera.motion import MotionGate
 from drivers.camera.snapshot import encode_snapshot
+from drivers.camera.source import FrameSource
 from firmware_sim.broker import free_port
 from firmware_sim.camera import CameraServer, street
 from gateway.config import ConfigError, load_config
@@ -243,3 +245,48 @@ def test_a_camera_naming_an_unknown_model_is_a_config_error(tmp_path: Path) -> N
     assert str(issue).startswith(f"{path}:1:1: ")
     assert "device 'cam1' uses model 'raod', which is not in the models section" in str(issue)
     assert "(configured: road)" in str(issue)
+
+
+def write_noise_video(path: Path, frames: int, size: tuple[int, int], fps: float) -> Path:
+    """A video whose frames are slow to decode (noise does not compress)."""
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size[1], size[0], 3), np.uint8))
+    writer.release()
+    return path
+
+
+def test_a_file_plays_at_its_frame_rate_without_drifting(tmp_path: Path) -> None:
+    # frame k is due k/fps after the first: decoding time does not add up over the video
+    video = write_noise_video(tmp_path / "noise.avi", 20, (640, 480), fps=25)
+    source = FrameSource(str(video), loop_file=True)
+    source.start()
+    try:
+        time.sleep(4.0)
+        frames, now = source.stats.frames, time.monotonic()
+        since = source.playing_since
+    finally:
+        source.stop()
+    assert since is not None
+    assert source.stats.behind == 0
+    assert abs(frames - ((now - since) * 25 + 1)) <= 2
+
+
+def test_a_file_too_heavy_for_its_frame_rate_is_played_slower_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    video = write_noise_video(tmp_path / "heavy.avi", 10, (1920, 1080), fps=120)
+    source = FrameSource(str(video), loop_file=True)
+    with caplog.at_level(logging.WARNING, logger="drivers.camera.source"):
+        source.start()
+        try:
+            deadline = time.monotonic() + 30
+            while source.stats.behind < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            source.stop()
+    assert source.stats.behind >= 2
+    said = [r.getMessage() for r in caplog.records if "played slower" in r.getMessage()]
+    assert said == [f"{video}: cannot be read at its 120 frames/s; played slower"]

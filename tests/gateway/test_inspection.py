@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,17 @@ class ManualClock:
         return self.t
 
 
-def fixes(view: View, rng: random.Random, noise_m: float) -> list[Reading]:
+def fixes(view: View, rng: random.Random, noise_m: float, ts: datetime) -> list[Reading]:
     lat, lon = move((view.lat, view.lon), rng.uniform(0, 360), rng.uniform(0, noise_m))
     return [
-        Reading(device="gps", point="lat", value=lat),
-        Reading(device="gps", point="lon", value=lon),
-        Reading(device="gps", point="heading", value=view.heading),
-    ]
+        Reading(device="gps", point=p, value=v, ts=ts)
+        for p, v in (("lat", lat), ("lon", lon), ("heading", view.heading))
+    ] + [Reading(device="gps", point="speed", value=view.speed * 3.6, ts=ts)]  # km/h
 
 
-def detections(s: Street, view: View, rng: random.Random, flip: float = 0.0) -> list[Detection]:
+def detections(
+    s: Street, view: View, rng: random.Random, flip: float = 0.0, ts: datetime | None = None
+) -> list[Detection]:
     """What a good detector reports for `view`: the true boxes, a little jitter, a missed
     frame now and then, and with `flip` the other class in that share of the frames."""
     out = []
@@ -81,6 +83,7 @@ def detections(s: Street, view: View, rng: random.Random, flip: float = 0.0) -> 
                 box=(j[0], j[1], j[2], j[3]),
                 frame_id=frame_id,
                 frame_size=(640, 480),
+                ts=ts or datetime.now(UTC),
             )
         )
     return out
@@ -96,7 +99,7 @@ class Harness:
         self.service = InspectionService(
             Bus(),
             self.store,
-            locate=self.location.snapshot,
+            locate=self.location.at,
             settings=InspectionSettings(**(defaults | settings)),
             snapshots=self.snapshots,
             clock=self.clock,
@@ -104,16 +107,25 @@ class Harness:
         self.service.defects = self.store.load()
 
     def drive(
-        self, s: Street, seed: int, *, gps_noise: float = 2.0, flip: float = 0.0
+        self,
+        s: Street,
+        seed: int,
+        *,
+        gps_noise: float = 2.0,
+        flip: float = 0.0,
+        gps_every: int = 1,
     ) -> list[tuple[Defect, str]]:
+        """Drive `s` at 8 m/s, 5 frames/s; the GPS reports with every `gps_every`-th frame."""
         rng = random.Random(seed)
         reports = []
-        start = self.clock.t
+        start, wall = self.clock.t, datetime.now(UTC)
         for view in drive(s, speed=8.0, fps=5.0):
             self.clock.t = start + view.t
-            for r in fixes(view, rng, gps_noise):
-                self.location.observe(r)
-            dets = detections(s, view, rng, flip)
+            captured = wall + timedelta(seconds=view.t)
+            if view.index % gps_every == 0:
+                for r in fixes(view, rng, gps_noise, captured):
+                    self.location.observe(r)
+            dets = detections(s, view, rng, flip, captured)
             if dets and view.index % 3 == 0:  # the camera sends a picture now and then
                 self.snapshots.put(dets[0].frame_id or "", b"\xff\xd8jpeg" + bytes([view.index]))
             for d in dets:
@@ -182,6 +194,21 @@ def test_a_street_driven_twice_reports_each_defect_once_then_updates_it(
     third = again.drive(grown, seed=3)
     assert sorted(a for _, a in third) == ["new"] + ["update"] * len(s.defects)
     assert {d.passes for d, a in third if a == "update"} == {3}
+
+
+def test_a_gps_reporting_once_a_second_still_places_each_defect_where_it_is(
+    tmp_path: Path,
+) -> None:
+    # at 8 m/s the vehicle moves 8 m between two fixes: each sighting is placed where the
+    # vehicle was when its frame was captured, dead-reckoned from the last fix
+    s = street(seed=3, length=400, defects=6)
+    h = Harness(tmp_path)
+    reports = h.drive(s, seed=1, gps_noise=0.0, gps_every=5)
+    assert [a for _, a in reports] == ["new"] * len(s.defects)
+    for defect, _ in reports:
+        true, metres = nearest(s, defect)
+        assert defect.label == true.label
+        assert metres < 2.0, f"{defect.label} placed {metres:.1f} m from where it is"
 
 
 def test_a_detector_trading_classes_on_a_defect_still_reports_it_once(tmp_path: Path) -> None:
@@ -347,10 +374,11 @@ async def test_defect_events_with_pictures_arrive_upstream_once_per_defect(
     rng = random.Random(7)
 
     async def drive_once() -> None:
-        for view in drive(s, speed=8.0, fps=5.0):
-            for r in fixes(view, rng, 1.0):
+        for view in drive(s, speed=8.0, fps=5.0):  # faster than real time: fix per frame
+            captured = datetime.now(UTC)
+            for r in fixes(view, rng, 1.0, captured):
                 await gw.bus.publish(r)
-            dets = detections(s, view, rng)
+            dets = detections(s, view, rng, ts=captured)
             if dets:
                 gw.snapshots.put(dets[0].frame_id or "", jpeg(s, view))
             for d in dets:

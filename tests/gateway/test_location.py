@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from gateway.config import (
     OutboxSection,
     TlsSection,
 )
+from gateway.geo import distance_m, move
 from gateway.location import LocationService
 from gateway.records import Event, Reading, Severity
 from tests.mqtt import collect
@@ -61,6 +63,40 @@ def test_fix_lifecycle_never_passes_a_stale_fix_as_current() -> None:
     assert loc.snapshot(now=18)["valid"] is True  # type: ignore[index]
     loc.observe(Event(kind="device.offline", source="gps", message="ttyUSB0 lost"), now=19)
     assert loc.snapshot(now=19)["reason"] == "receiver offline: ttyUSB0 lost"  # type: ignore[index]
+
+
+def test_position_at_a_moment_is_dead_reckoned_from_the_last_fix() -> None:
+    loc = LocationService(Bus(), source="gps", stale_after=5.0)
+    fix_ts = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+    for point, value in (("lat", -30.0), ("lon", -51.2), ("speed", 28.8), ("heading", 0.0)):
+        loc.observe(Reading(device="gps", point=point, value=value, ts=fix_ts), now=10)
+    # 28.8 km/h = 8 m/s north: 0.5 s after the fix the vehicle is 4 m further on
+    later = loc.at(fix_ts + timedelta(seconds=0.5), now=10.6)
+    assert later is not None
+    assert later["valid"] is True
+    assert later["extrapolated_s"] == 0.5
+    assert distance_m((later["lat"], later["lon"]), move((-30.0, -51.2), 0.0, 4.0)) < 0.05
+    earlier = loc.at(fix_ts - timedelta(seconds=0.25), now=10.6)  # a frame before the fix
+    assert earlier is not None
+    assert distance_m((earlier["lat"], earlier["lon"]), move((-30.0, -51.2), 180.0, 2.0)) < 0.05
+    # never further than stale_after seconds either way
+    far = loc.at(fix_ts + timedelta(seconds=60), now=10.6)
+    assert far is not None
+    assert far["extrapolated_s"] == 5.0
+    # standing still, or no speed/heading known: the fix itself
+    loc.observe(Reading(device="gps", point="speed", value=0.0, ts=fix_ts), now=10)
+    assert loc.at(fix_ts + timedelta(seconds=1), now=10.6) == {
+        **loc.snapshot(now=10.6),  # type: ignore[dict-item]
+        "extrapolated_s": 1.0,
+    }
+    bare = LocationService(Bus(), source="gps")
+    bare.observe(Reading(device="gps", point="lat", value=-30.0, ts=fix_ts), now=10)
+    bare.observe(Reading(device="gps", point="lon", value=-51.2, ts=fix_ts), now=10)
+    assert bare.at(fix_ts + timedelta(seconds=1), now=10.5) == bare.snapshot(now=10.5)
+    # an invalid location is passed on as it is; a fixed one does not move
+    assert loc.at(fix_ts, now=100)["valid"] is False  # type: ignore[index]
+    fixed = LocationService(Bus(), fixed={"lat": -30.0, "lon": -51.2})
+    assert fixed.at(fix_ts) == fixed.snapshot()
 
 
 def test_location_source_must_be_a_device() -> None:
