@@ -256,13 +256,8 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
                 await subscribed.wait()
                 runner = tg.create_task(gw.run(), name="gateway")
                 sims = [tg.create_task(rain.run(), name="demo.rain-gauge")]
-                epoch = None
-                if road:  # the GPS drives in step with the camera's video of the same drive
-                    playing = tg.create_task(_video_playing(gw, "road-cam"), name="demo.video")
-                    await asyncio.wait((playing, runner), return_when=asyncio.FIRST_COMPLETED)
-                    playing.cancel()
-                    if not playing.cancelled() and playing.done():
-                        epoch = playing.result()
+                # the GPS drives in step with the camera's video of the same drive
+                epoch = await _video_playing(gw, "road-cam", runner) if road else None
                 sims.append(tg.create_task(gps.run(epoch=epoch), name="demo.gps"))
                 if duration is not None:
                     loop = asyncio.get_running_loop()
@@ -283,17 +278,19 @@ async def _demo(workdir: Path, duration: float | None, out: TextIO) -> int:
     return 0
 
 
-async def _video_playing(gw: Gateway, camera: str) -> float:
-    """When (time.monotonic) the first frame of `camera`'s video file was played."""
+async def _video_playing(gw: Gateway, camera: str, node: asyncio.Task[None]) -> float | None:
+    """When (time.monotonic) the first frame of `camera`'s video file was played; None if
+    the `node` stopped before."""
     from drivers.camera.source import FrameSource  # noqa: PLC0415 - OpenCV, with the camera
 
     name = f"driver[{camera}]"
-    while True:  # only until the video starts, a second or two
+    while not node.done():  # only until the video starts, a second or two
         driver = next((getattr(c, "driver", None) for c in gw.components if c.name == name), None)
         source = getattr(driver, "source", None)
         if isinstance(source, FrameSource) and source.playing_since is not None:
             return source.playing_since
         await asyncio.sleep(0.01)
+    return None
 
 
 ROAD_MODEL = Path(str(resources.files("models") / "zoo" / "road_defect"))
