@@ -16,7 +16,8 @@ not exported): dense supervision from every pixel, which trains a small network 
 scratch far faster than the box centres alone.
 
 Augmentation: random scale (0.7-1.3) and crop, horizontal flip, brightness/contrast/
-saturation jitter, occasional blur; frames with potholes are drawn twice as often (they
+saturation jitter, occasional blur (``--photometric strong`` adds white balance, gamma,
+greyscale and sensor noise); frames with potholes are drawn twice as often (they
 are a quarter of the training frames). ``--copy-paste P`` (off by default) also blends
 1-3 potholes cut from other training frames onto the road (the LANE mask) of a share P of
 the samples, near the rows they came from.
@@ -165,7 +166,11 @@ def paste_potholes(
 
 
 def augment(
-    img: U8, boxes: F32, classes: npt.NDArray[np.int64], rng: random.Random
+    img: U8,
+    boxes: F32,
+    classes: npt.NDArray[np.int64],
+    rng: random.Random,
+    strong: bool = False,
 ) -> tuple[U8, F32, npt.NDArray[np.int64]]:
     s = rng.uniform(0.7, 1.3)
     h, w = img.shape[:2]
@@ -201,6 +206,16 @@ def augment(
     x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean() + rng.uniform(-30, 30)
     grey = x.mean(axis=2, keepdims=True)
     x = grey + (x - grey) * rng.uniform(0.6, 1.4)
+    if strong:  # other roads, cameras and light: white balance, gamma, grey, sensor noise
+        x = x * np.asarray([rng.uniform(0.85, 1.15) for _ in range(3)], np.float32)
+        x = 255 * (x.clip(0, 255) / 255) ** rng.uniform(0.7, 1.4)
+        if rng.random() < 0.1:
+            x = np.repeat(x.mean(axis=2, keepdims=True), 3, axis=2)
+        if rng.random() < 0.3:
+            noise = np.random.default_rng(rng.randrange(2**32)).normal(
+                0, rng.uniform(2, 6), x.shape
+            )
+            x = x + noise.astype(np.float32)
     x = x.clip(0, 255).astype(np.uint8)
     if rng.random() < 0.15:
         x = cv2.GaussianBlur(x, (3, 3), 0)
@@ -408,6 +423,13 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         help="share of training samples that get 1-3 potholes of other frames pasted in",
     )
     ap.add_argument(
+        "--photometric",
+        choices=("basic", "strong"),
+        default="basic",
+        help="basic: brightness, contrast, saturation, blur; strong: also per-channel "
+        "white balance, gamma, greyscale and sensor noise",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run whose state is in OUT/last.pt (same arguments)",
@@ -470,7 +492,7 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
                 img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
                 if patches and rng.random() < args.copy_paste:
                     img, b, c = paste_potholes(img, b, c, patches, rng, count=rng.randint(1, 3))
-                img, b, c = augment(img, b, c, rng)
+                img, b, c = augment(img, b, c, rng, strong=args.photometric == "strong")
                 h, bx, m = targets(b, c, gh, gw)
                 segs.append(seg_target(img))
                 imgs.append(img)
