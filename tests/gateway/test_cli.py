@@ -164,7 +164,7 @@ def test_demo_shows_readings_and_road_defects_arriving_upstream_and_stops(
     s = street(seed=1)
     truth = [s.position(d.along) for d in s.defects]
     for _, lat, lon in found:
-        assert min(distance_m((float(lat), float(lon)), t) for t in truth) < 8.0, out
+        assert min(distance_m((float(lat), float(lon)), t) for t in truth) < 5.0, out
     assert len({(lat, lon) for _, lat, lon in found}) == len(found)
 
 
