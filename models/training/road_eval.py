@@ -10,7 +10,8 @@ pre-processing, decoder and NMS. Ground truth comes from the masks
 
 Figures per class: AP50 (all-point interpolated area under the precision-recall curve,
 greedy matching at IoU >= 0.5, scores down to 0.05), and precision, recall and F1 at the
-package's own score thresholds; plus inference time per frame (p50, mean) at the input size.
+package's own score thresholds, pothole recall by box area (where the misses are); plus
+inference time per frame (p50, mean) at the input size.
 Needs no torch.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -48,33 +50,68 @@ def iou_matrix(a: F32, b: F32) -> F32:
     return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
 
 
+def _greedy(pb: F32, gt: F32) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Greedy matching of predictions `pb` (highest score first) to ground truth `gt` at
+    IoU >= `IOU`: (true-positive flag per prediction, matched flag per ground-truth box)."""
+    ious = iou_matrix(pb, gt)
+    used = np.zeros(len(gt), bool)
+    hits = np.zeros(len(pb), bool)
+    for i in range(len(pb)):
+        if len(gt):
+            cand = np.where(used, -1.0, ious[i])
+            j = int(cand.argmax())
+            if cand[j] >= IOU:
+                used[j] = hits[i] = True
+    return hits, used
+
+
 def _matches(
     frames: list[Frame], preds: list[Prediction], cls: int
 ) -> tuple[F32, npt.NDArray[np.bool_], int]:
     """Scores and true/false-positive flags of all predictions of `cls`, and the GT count."""
-    scores: list[float] = []
-    hits: list[bool] = []
+    scores: list[F32] = []
+    hits: list[npt.NDArray[np.bool_]] = []
     n_gt = 0
     for f, (boxes, conf, classes) in zip(frames, preds, strict=True):
         gt = f.boxes[f.classes == cls]
         n_gt += len(gt)
         sel = classes == cls
-        pb, ps = boxes[sel], conf[sel]
-        order = np.argsort(-ps)
-        pb, ps = pb[order], ps[order]
-        ious = iou_matrix(pb, gt)
-        used = np.zeros(len(gt), bool)
-        for i in range(len(pb)):
-            hit = False
-            if len(gt):
-                cand = np.where(used, -1.0, ious[i])
-                j = int(cand.argmax())
-                if cand[j] >= IOU:
-                    used[j] = True
-                    hit = True
-            scores.append(float(ps[i]))
-            hits.append(hit)
-    return np.asarray(scores, np.float32), np.asarray(hits, bool), n_gt
+        order = np.argsort(-conf[sel])
+        scores.append(conf[sel][order])
+        hits.append(_greedy(boxes[sel][order], gt)[0])
+    return (
+        np.concatenate(scores or [np.zeros(0, np.float32)]).astype(np.float32),
+        np.concatenate(hits or [np.zeros(0, bool)]),
+        n_gt,
+    )
+
+
+AREA_EDGES = (0.0, 300.0, 600.0, 1200.0, 2500.0, math.inf)  # box area, source pixels
+
+
+def recall_by_area(
+    frames: list[Frame], preds: list[Prediction], cls: int, threshold: float
+) -> list[dict[str, Any]]:
+    """Recall of `cls` at `threshold` per ground-truth box area (``AREA_EDGES``, pixels of
+    the 800x500 frames): where the misses are."""
+    total = np.zeros(len(AREA_EDGES) - 1, np.int64)
+    found = np.zeros(len(AREA_EDGES) - 1, np.int64)
+    for f, (boxes, conf, classes) in zip(frames, preds, strict=True):
+        gt = f.boxes[f.classes == cls]
+        sel = (classes == cls) & (conf >= threshold)
+        _, used = _greedy(boxes[sel][np.argsort(-conf[sel])], gt)
+        area = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+        k = np.searchsorted(AREA_EDGES, area, side="right") - 1
+        np.add.at(total, k, 1)
+        np.add.at(found, k[used], 1)
+    return [
+        {
+            "area": f"{AREA_EDGES[i]:.0f}-{AREA_EDGES[i + 1]:.0f}",
+            "objects": int(total[i]),
+            "recall": round(float(found[i]) / max(int(total[i]), 1), 4),
+        }
+        for i in range(len(total))
+    ]
 
 
 def _curve(scores: F32, hits: npt.NDArray[np.bool_], n_gt: int) -> tuple[F32, F32, F32]:
@@ -162,6 +199,9 @@ def main() -> None:
         )
     thresholds = {name: spec.score_threshold(c) for c, name in enumerate(CLASSES)}
     figures = evaluate(frames, preds, thresholds)
+    figures["pothole"]["recall_by_area"] = recall_by_area(
+        frames, preds, CLASSES.index("pothole"), thresholds["pothole"]
+    )
     ms = sorted(t * 1000 for t in times)
     figures["inference"] = {
         "input": list(spec.input.size),

@@ -1,0 +1,67 @@
+"""The road model's evaluation (models.training.road_eval) on hand-made frames: AP50,
+F1 at the package's thresholds and pothole recall by box area, as the model card reports
+them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.training.road_data import Frame
+from models.training.road_eval import Prediction, evaluate, pick_thresholds, recall_by_area
+
+
+def frame(*boxes: tuple[float, float, float, float, int]) -> Frame:
+    return Frame(
+        "f",
+        Path("f_RAW.jpg"),
+        np.asarray([b[:4] for b in boxes], np.float32).reshape(-1, 4),
+        np.asarray([b[4] for b in boxes], np.int64),
+    )
+
+
+def pred(*boxes: tuple[float, float, float, float, float, int]) -> Prediction:
+    return (
+        np.asarray([b[:4] for b in boxes], np.float32).reshape(-1, 4),
+        np.asarray([b[4] for b in boxes], np.float32),
+        np.asarray([b[5] for b in boxes], np.int64),
+    )
+
+
+def test_ap_f1_and_recall_by_area_count_what_was_found() -> None:
+    frames = [
+        # a small pothole (10x10 = 100 px) and a large one (60x60 = 3600 px), a crack region
+        frame((0, 0, 10, 10, 1), (100, 100, 160, 160, 1), (200, 0, 400, 100, 0)),
+        frame((0, 0, 30, 30, 1)),  # 900 px
+    ]
+    preds = [
+        # the large pothole found (IoU 0.9), the small one missed; a false pothole;
+        # the crack region found but with the pothole label (a miss for both classes)
+        pred(
+            (101, 101, 158, 158, 0.9, 1),
+            (300, 300, 320, 320, 0.6, 1),
+            (200, 0, 400, 100, 0.8, 1),
+        ),
+        pred((0, 0, 30, 28, 0.4, 1), (0, 0, 30, 30, 0.3, 0)),  # found, low score
+    ]
+    figures = evaluate(frames, preds, {"crack": 0.5, "pothole": 0.5})
+    pothole = figures["pothole"]
+    assert pothole["objects"] == 3
+    # ranked: 0.9 hit, 0.8 miss, 0.6 miss, 0.4 hit -> AP = 1/3 * 1 + 1/3 * 0.5
+    assert pothole["ap50"] == pytest.approx(0.5, abs=1e-4)
+    # at 0.5: 3 detections, 1 hit
+    assert (pothole["precision"], pothole["recall"]) == (pytest.approx(1 / 3, abs=1e-4),) * 2
+    assert figures["crack"]["ap50"] == 0.0  # called a pothole; the one crack call is wrong
+    by_area = recall_by_area(frames, preds, 1, 0.5)
+    assert [(b["area"], b["objects"], b["recall"]) for b in by_area] == [
+        ("0-300", 1, 0.0),
+        ("300-600", 0, 0.0),
+        ("600-1200", 1, 0.0),  # found at 0.4, under the threshold
+        ("1200-2500", 0, 0.0),
+        ("2500-inf", 1, 1.0),
+    ]
+    assert recall_by_area(frames, preds, 1, 0.3)[2]["recall"] == 1.0
+    # thresholds picked for the best F1: the pothole one keeps the two hits
+    assert pick_thresholds(frames, preds)["pothole"] == pytest.approx(0.4)
