@@ -66,6 +66,50 @@ def nms(d: Decoded, iou: float, max_detections: int) -> Decoded:
     return Decoded(d.boxes[idx], d.scores[idx], d.classes[idx])
 
 
+def merge_regions(d: Decoded, classes: Sequence[int]) -> Decoded:
+    """Overlapping boxes of each class in `classes` joined into one box (their union, the
+    highest score), until no two of them overlap; other classes untouched."""
+    if len(d) == 0 or not classes:
+        return d
+    joined = np.isin(d.classes, classes)
+    out_boxes, out_scores, out_classes = (
+        [d.boxes[~joined]],
+        [d.scores[~joined]],
+        [d.classes[~joined]],
+    )
+    for c in np.unique(d.classes[joined]):
+        sel = d.classes == c
+        regions = [(b.copy(), float(s)) for b, s in zip(d.boxes[sel], d.scores[sel], strict=True)]
+        merged = True
+        while merged:
+            merged = False
+            for i in range(len(regions)):
+                for j in range(i + 1, len(regions)):
+                    a, b = regions[i][0], regions[j][0]
+                    if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                        union = np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
+                        regions[i] = (union, max(regions[i][1], regions[j][1]))
+                        del regions[j]
+                        merged = True
+                        break
+                if merged:
+                    break
+        out_boxes.append(np.asarray([r[0] for r in regions], np.float32).reshape(-1, 4))
+        out_scores.append(np.asarray([r[1] for r in regions], np.float32))
+        out_classes.append(np.full(len(regions), c, np.int32))
+    scores = np.concatenate(out_scores)
+    order = np.argsort(-scores, kind="stable")
+    return Decoded(
+        np.concatenate(out_boxes)[order].astype(np.float32),
+        scores[order],
+        np.concatenate(out_classes)[order].astype(np.int32),
+    )
+
+
+def region_classes(spec: ModelSpec) -> list[int]:
+    return [spec.classes.index(name) for name in spec.regions]
+
+
 def _finish(spec: ModelSpec, boxes: F32, scores: F32, classes: I32) -> Decoded:
     if len(classes) and (classes.min() < 0 or classes.max() >= len(spec.classes)):
         raise DecodeError(
@@ -82,7 +126,7 @@ def _finish(spec: ModelSpec, boxes: F32, scores: F32, classes: I32) -> Decoded:
         scores[finite].astype(np.float32),
         classes[finite].astype(np.int32),
     )
-    return nms(d, spec.thresholds.iou, spec.max_detections)
+    return merge_regions(nms(d, spec.thresholds.iou, spec.max_detections), region_classes(spec))
 
 
 def yolov5(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:

@@ -94,6 +94,12 @@ class ModelSpec(_Model):
     classes: list[str] = Field(min_length=1, description="Class names, by index.")
     thresholds: Thresholds = Field(default_factory=Thresholds, description="Filtering.")
     max_detections: int = Field(default=100, ge=1, le=10000, description="Kept per image.")
+    regions: list[str] = Field(
+        default_factory=list,
+        description="Classes that are regions rather than objects (e.g. a crack network): "
+        "overlapping boxes of one of them are one region, reported as their union with the "
+        "highest score.",
+    )
     tiling: Tiling = Field(default_factory=Tiling, description="Sliced inference.")
     description: str | None = Field(default=None, description="What the model finds.")
 
@@ -102,6 +108,9 @@ class ModelSpec(_Model):
         unknown = set(self.thresholds.per_class) - set(self.classes)
         if unknown:
             raise ValueError(f"thresholds for unknown classes: {', '.join(sorted(unknown))}")
+        unknown = set(self.regions) - set(self.classes)
+        if unknown:
+            raise ValueError(f"regions of unknown classes: {', '.join(sorted(unknown))}")
         if (self.task == "classify") != (self.output.decoder == "classification"):
             raise ValueError("task classify goes with decoder classification, and only with it")
         return self

@@ -15,7 +15,15 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from models.decoders import DETECTORS, Decoded, DecodeError, classification, nms
+from models.decoders import (
+    DETECTORS,
+    Decoded,
+    DecodeError,
+    classification,
+    merge_regions,
+    nms,
+    region_classes,
+)
 from models.package import ModelError, ModelSpec, load_spec, verify_file
 from models.preprocess import prepare
 
@@ -168,7 +176,8 @@ class LoadedModel:
             np.concatenate([p.scores for p in parts]) if parts else np.zeros(0, np.float32),
             np.concatenate([p.classes for p in parts]) if parts else np.zeros(0, np.int32),
         )
-        return nms(merged, self.spec.thresholds.iou, self.spec.max_detections)
+        kept = nms(merged, self.spec.thresholds.iou, self.spec.max_detections)
+        return merge_regions(kept, region_classes(self.spec))
 
     async def infer(self, image: Image, watchdog: float = 10.0) -> list[Found]:
         """`run` on the model's own thread; raises `ModelHung` after `watchdog` seconds."""

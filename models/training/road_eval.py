@@ -2,6 +2,7 @@
 
     .venv/bin/python -m models.training.road_eval ../shared/data/road-dnit \\
         --model models/zoo/road_defect [--split test]
+    .venv/bin/python -m models.training.road_eval ../shared/data/road-dnit --split val --pick
 
 The package is loaded from its ``model.yaml`` by ``models.runtime`` exactly as a node loads
 it (one intra-op thread: one core), each frame is read with OpenCV and run through the same
@@ -9,9 +10,10 @@ pre-processing, decoder and NMS. Ground truth comes from the masks
 (``models.training.road_data``: one box per pothole blob, crack regions by dilation).
 
 Figures per class: AP50 (all-point interpolated area under the precision-recall curve,
-greedy matching at IoU >= 0.5, scores down to 0.05), and precision, recall and F1 at the
-package's own score thresholds, pothole recall by box area (where the misses are); plus
-inference time per frame (p50, mean) at the input size.
+greedy matching at IoU >= 0.5, scores down to 0.05, boxes as the detector gives them), and
+precision, recall and F1 of what the node reports: the package's own score thresholds and
+its ``regions`` joined (overlapping crack-region boxes are one region); pothole recall by
+box area (where the misses are); inference time per frame (p50, mean) at the input size.
 Needs no torch.
 """
 
@@ -22,6 +24,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from models.decoders import Decoded, merge_regions, region_classes
 from models.runtime import LoadedModel
 from models.training.road_data import CLASSES, Frame, load_split
 
@@ -134,34 +138,69 @@ def average_precision(scores: F32, hits: npt.NDArray[np.bool_], n_gt: int) -> fl
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
-def pick_thresholds(frames: list[Frame], preds: list[Prediction]) -> dict[str, float]:
-    """Per class, the score threshold with the best F1 (use on validation data only)."""
+def post_process(
+    preds: list[Prediction], thresholds: dict[str, float], regions: Sequence[int] = ()
+) -> list[Prediction]:
+    """What the runtime reports from the same raw predictions: the score thresholds, then
+    overlapping boxes of the `regions` classes joined (``models.decoders.merge_regions``)."""
+    floor = np.asarray([thresholds[name] for name in CLASSES], np.float32)
+    out = []
+    for boxes, conf, classes in preds:
+        keep = conf >= floor[classes]
+        d = merge_regions(Decoded(boxes[keep], conf[keep], classes[keep].astype(np.int32)), regions)
+        out.append((d.boxes, d.scores, d.classes.astype(np.int64)))
+    return out
+
+
+def _f1_at(
+    frames: list[Frame], preds: list[Prediction], cls: int, threshold: float, regions: Sequence[int]
+) -> tuple[float, float, float]:
+    """(precision, recall, F1) of `cls` at `threshold`, regions joined."""
+    thresholds = dict.fromkeys(CLASSES, threshold)
+    _, hits, n_gt = _matches(frames, post_process(preds, thresholds, regions), cls)
+    tp = int(hits.sum())
+    precision, recall = tp / max(len(hits), 1), tp / max(n_gt, 1)
+    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
+
+
+def pick_thresholds(
+    frames: list[Frame], preds: list[Prediction], regions: Sequence[int] = ()
+) -> dict[str, float]:
+    """Per class, the score threshold with the best F1 (use on validation data only); for a
+    region class, the F1 after its overlapping boxes are joined (a grid of thresholds)."""
     out = {}
     for c, name in enumerate(CLASSES):
+        if c in regions:
+            grid = np.arange(0.05, 0.9, 0.0125)
+            f1 = [_f1_at(frames, preds, c, float(t), regions)[2] for t in grid]
+            out[name] = round(float(grid[int(np.argmax(f1))]), 3)
+            continue
         s, p, r = _curve(*_matches(frames, preds, c))
         if len(s) == 0:
             out[name] = 0.3
             continue
-        f1 = 2 * p * r / np.maximum(p + r, 1e-9)
-        out[name] = round(max(float(s[int(f1.argmax())]), 0.05), 3)
+        f1s = 2 * p * r / np.maximum(p + r, 1e-9)
+        out[name] = round(max(float(s[int(f1s.argmax())]), 0.05), 3)
     return out
 
 
 def evaluate(
-    frames: list[Frame], preds: list[Prediction], thresholds: dict[str, float]
+    frames: list[Frame],
+    preds: list[Prediction],
+    thresholds: dict[str, float],
+    regions: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """AP50 of the raw predictions (all scores, no joining); precision, recall and F1 of
+    what the runtime reports (`post_process`: the thresholds, regions joined)."""
     out: dict[str, Any] = {}
     for c, name in enumerate(CLASSES):
         scores, hits, n_gt = _matches(frames, preds, c)
-        at = scores >= thresholds[name]
-        tp = int(hits[at].sum())
-        precision = tp / max(int(at.sum()), 1)
-        recall = tp / max(n_gt, 1)
+        precision, recall, f1 = _f1_at(frames, preds, c, thresholds[name], regions)
         out[name] = {
             "ap50": round(average_precision(scores, hits, n_gt), 4),
             "precision": round(precision, 4),
             "recall": round(recall, 4),
-            "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
+            "f1": round(f1, 4),
             "objects": n_gt,
             "threshold": thresholds[name],
         }
@@ -175,12 +214,22 @@ def main() -> None:
     ap.add_argument("data", type=Path, help="the road-dnit folder")
     ap.add_argument("--model", type=Path, default=Path("models/zoo/road_defect"))
     ap.add_argument("--split", default="test")
+    ap.add_argument(
+        "--pick",
+        action="store_true",
+        help="print the per-class score thresholds with the best F1 on this split (val only: "
+        "for the package's model.yaml), after the package's own post-processing",
+    )
     args = ap.parse_args()
     frames = load_split(args.data, args.split)
     model = LoadedModel.load(args.model, threads=1)
     spec = model.spec
-    floor = spec.model_copy(
-        update={"thresholds": spec.thresholds.model_copy(update={"score": 0.05, "per_class": {}})}
+    regions = region_classes(spec)
+    floor = spec.model_copy(  # every candidate down to 0.05, regions not joined: for AP50
+        update={
+            "thresholds": spec.thresholds.model_copy(update={"score": 0.05, "per_class": {}}),
+            "regions": [],
+        }
     )
     model.spec = floor
     preds: list[Prediction] = []
@@ -197,8 +246,11 @@ def main() -> None:
                 np.asarray([CLASSES.index(d.label) for d in dets], np.int64),
             )
         )
+    if args.pick:
+        print(json.dumps(pick_thresholds(frames, preds, regions)))
+        return
     thresholds = {name: spec.score_threshold(c) for c, name in enumerate(CLASSES)}
-    figures = evaluate(frames, preds, thresholds)
+    figures = evaluate(frames, preds, thresholds, regions)
     figures["pothole"]["recall_by_area"] = recall_by_area(
         frames, preds, CLASSES.index("pothole"), thresholds["pothole"]
     )

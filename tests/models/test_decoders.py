@@ -82,6 +82,32 @@ def test_nms_is_class_aware() -> None:
     assert len(nms(d, 0.5, 1)) == 1
 
 
+def test_overlapping_boxes_of_a_region_class_are_one_region() -> None:
+    # a crack network found as three overlapping pieces (a chain: the first and the last do
+    # not overlap each other) and one crack apart; two overlapping potholes are objects
+    rows = np.array(
+        [
+            [100, 100, 40, 20, 0.5, 0.0, 0.0],  # crack (80, 90)-(120, 110)
+            [130, 105, 40, 20, 0.8, 0.0, 0.0],  # crack (110, 95)-(150, 115), overlaps it
+            [160, 110, 40, 20, 0.6, 0.0, 0.0],  # crack (140, 100)-(180, 120), overlaps that
+            [400, 400, 20, 20, 0.4, 0.0, 0.0],  # a crack on its own
+            [300, 200, 60, 60, 0.0, 0.7, 0.0],  # pothole (270, 170)-(330, 230)
+            [320, 220, 60, 60, 0.0, 0.6, 0.0],  # pothole (290, 190)-(350, 250): IoU 0.29
+        ],
+        np.float32,
+    )
+    s = spec(regions=["crack"])
+    assert boxes(yolov8([rows.T[np.newaxis]], s)) == [
+        (0, 0.8, [80, 90, 180, 120]),
+        (1, 0.7, [270, 170, 330, 230]),
+        (1, 0.6, [290, 190, 350, 250]),
+        (0, 0.4, [390, 390, 410, 410]),
+    ]
+    assert len(yolov8([rows.T[np.newaxis]], spec())) == 6  # without regions: as found
+    with pytest.raises(ValueError, match="regions of unknown classes: road"):
+        spec(regions=["road"])
+
+
 def test_per_class_thresholds() -> None:
     rows = np.array(
         [[100, 100, 40, 20, 0.3, 0.0, 0.0], [300, 200, 60, 60, 0.0, 0.3, 0.0]], np.float32
