@@ -65,3 +65,20 @@ def test_ap_f1_and_recall_by_area_count_what_was_found() -> None:
     assert recall_by_area(frames, preds, 1, 0.3)[2]["recall"] == 1.0
     # thresholds picked for the best F1: the pothole one keeps the two hits
     assert pick_thresholds(frames, preds)["pothole"] == pytest.approx(0.4)
+
+
+def test_f1_counts_a_crack_region_found_in_overlapping_pieces_as_found() -> None:
+    frames = [frame((200, 0, 400, 100, 0))]
+    # the region found as a chain of three overlapping boxes, each under IoU 0.5 with it
+    preds = [
+        pred((200, 0, 275, 100, 0.6, 0), (270, 0, 335, 100, 0.5, 0), (330, 0, 400, 100, 0.7, 0))
+    ]
+    thresholds = {"crack": 0.3, "pothole": 0.5}
+    as_found = evaluate(frames, preds, thresholds)["crack"]
+    joined = evaluate(frames, preds, thresholds, regions=[0])["crack"]
+    assert (as_found["precision"], as_found["recall"]) == (0.0, 0.0)
+    assert (joined["precision"], joined["recall"], joined["f1"]) == (1.0, 1.0, 1.0)
+    assert joined["ap50"] == as_found["ap50"] == 0.0  # AP is of the boxes as found
+    # the joining happens after the threshold: a piece under it is not part of the region
+    assert evaluate(frames, preds, {"crack": 0.55, "pothole": 0.5}, [0])["crack"]["f1"] == 0.0
+    assert pick_thresholds(frames, preds, [0])["crack"] <= 0.5
