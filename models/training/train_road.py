@@ -56,6 +56,7 @@ from models.training.road_net import STRIDE, Exported, RoadNet
 INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
 CROP = (384, 256)
 U8 = npt.NDArray[np.uint8]
+REGIONS = (CLASSES.index("crack"),)  # joined when they overlap (model.yaml `regions`)
 F32 = npt.NDArray[np.float32]
 
 
@@ -392,9 +393,9 @@ def export_checkpoint(args: argparse.Namespace) -> None:
     net.eval()
     val = load_split(args.data, "val")
     preds = predict(net, load_images(val))
-    thresholds = pick_thresholds(val, preds)
-    print(json.dumps(evaluate(val, preds, thresholds)))
-    export(net, args.out, thresholds, DESCRIPTION)
+    thresholds = pick_thresholds(val, preds, REGIONS)
+    print(json.dumps(evaluate(val, preds, thresholds, REGIONS)))
+    export(net, args.out, thresholds, DESCRIPTION, extra={"regions": ["crack"]})
 
 
 def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
@@ -526,8 +527,8 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         }
         if (epoch + 1) % 4 == 0 or epoch + 1 == args.epochs:
             preds = predict(net, val_img)
-            thresholds = pick_thresholds(val, preds)
-            figures = evaluate(val, preds, thresholds)
+            thresholds = pick_thresholds(val, preds, REGIONS)
+            figures = evaluate(val, preds, thresholds, REGIONS)
             entry["val"] = figures
             score = figures["pothole"]["ap50"] + figures["crack"]["f1"]
             if best is None or score > best[0]:
@@ -554,12 +555,7 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     net.load_state_dict(torch.load(args.out / "best.pt"))
     (args.out / "best.pt").unlink()
     last.unlink()
-    export(
-        net.eval(),
-        args.out,
-        best[1]["thresholds"],
-        DESCRIPTION,
-    )
+    export(net.eval(), args.out, best[1]["thresholds"], DESCRIPTION, extra={"regions": ["crack"]})
     (args.out / "train-log.json").write_text(
         json.dumps(
             {"args": {k: str(v) for k, v in vars(args).items()}, "best": best[1], "epochs": log},
