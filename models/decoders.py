@@ -79,21 +79,9 @@ def merge_regions(d: Decoded, classes: Sequence[int]) -> Decoded:
     )
     for c in np.unique(d.classes[joined]):
         sel = d.classes == c
-        regions = [(b.copy(), float(s)) for b, s in zip(d.boxes[sel], d.scores[sel], strict=True)]
-        merged = True
-        while merged:
-            merged = False
-            for i in range(len(regions)):
-                for j in range(i + 1, len(regions)):
-                    a, b = regions[i][0], regions[j][0]
-                    if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                        union = np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
-                        regions[i] = (union, max(regions[i][1], regions[j][1]))
-                        del regions[j]
-                        merged = True
-                        break
-                if merged:
-                    break
+        regions = _join(
+            [(b.copy(), float(s)) for b, s in zip(d.boxes[sel], d.scores[sel], strict=True)]
+        )
         out_boxes.append(np.asarray([r[0] for r in regions], np.float32).reshape(-1, 4))
         out_scores.append(np.asarray([r[1] for r in regions], np.float32))
         out_classes.append(np.full(len(regions), c, np.int32))
@@ -104,6 +92,29 @@ def merge_regions(d: Decoded, classes: Sequence[int]) -> Decoded:
         scores[order],
         np.concatenate(out_classes)[order].astype(np.int32),
     )
+
+
+def _join(regions: list[tuple[F32, float]]) -> list[tuple[F32, float]]:
+    """Join overlapping (box, score) pairs until none overlap."""
+    while True:
+        pair = next(
+            (
+                (i, j)
+                for i in range(len(regions))
+                for j in range(i + 1, len(regions))
+                if _overlap(regions[i][0], regions[j][0])
+            ),
+            None,
+        )
+        if pair is None:
+            return regions
+        (a, sa), (b, sb) = regions[pair[0]], regions.pop(pair[1])
+        union = np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
+        regions[pair[0]] = (union, max(sa, sb))
+
+
+def _overlap(a: F32, b: F32) -> bool:
+    return bool(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
 
 
 def region_classes(spec: ModelSpec) -> list[int]:
