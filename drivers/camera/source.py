@@ -183,12 +183,14 @@ class FrameSource:
     def _pace(self, cap: cv2.VideoCapture, now: float) -> None:
         """Wait until the file's next frame is due (see the module's docstring)."""
         fps = max(1.0, min(cap.get(cv2.CAP_PROP_FPS) or 25.0, 120.0))
-        if self.playing_since is None or now - self._due(fps) > MAX_BEHIND:
-            if self.playing_since is not None and not self.stats.behind:
+        if self.playing_since is not None and now - self._due(fps) > MAX_BEHIND:
+            if not self.stats.behind:
                 logger.warning(
                     "%s: cannot be read at its %.0f frames/s; played slower", self.source, fps
                 )
-            self.stats.behind += self.playing_since is not None
+            self.stats.behind += 1
+            self.playing_since = None
+        if self.playing_since is None:
             self.playing_since, self._played = now, 0
         self._played += 1
         self._stop.wait(max(0.0, self._due(fps) - time.monotonic()))

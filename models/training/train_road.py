@@ -56,7 +56,8 @@ from models.training.road_net import STRIDE, Exported, RoadNet
 INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
 CROP = (384, 256)
 U8 = npt.NDArray[np.uint8]
-REGIONS = (CLASSES.index("crack"),)  # joined when they overlap (model.yaml `regions`)
+REGION_CLASSES = ["crack"]  # joined when they overlap (model.yaml `regions`)
+REGIONS = tuple(CLASSES.index(c) for c in REGION_CLASSES)
 F32 = npt.NDArray[np.float32]
 
 
@@ -395,7 +396,7 @@ def export_checkpoint(args: argparse.Namespace) -> None:
     preds = predict(net, load_images(val))
     thresholds = pick_thresholds(val, preds, REGIONS)
     print(json.dumps(evaluate(val, preds, thresholds, REGIONS)))
-    export(net, args.out, thresholds, DESCRIPTION, extra={"regions": ["crack"]})
+    export(net, args.out, thresholds, DESCRIPTION, extra={"regions": REGION_CLASSES})
 
 
 def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
@@ -555,7 +556,9 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     net.load_state_dict(torch.load(args.out / "best.pt"))
     (args.out / "best.pt").unlink()
     last.unlink()
-    export(net.eval(), args.out, best[1]["thresholds"], DESCRIPTION, extra={"regions": ["crack"]})
+    export(
+        net.eval(), args.out, best[1]["thresholds"], DESCRIPTION, extra={"regions": REGION_CLASSES}
+    )
     (args.out / "train-log.json").write_text(
         json.dumps(
             {"args": {k: str(v) for k, v in vars(args).items()}, "best": best[1], "epochs": log},

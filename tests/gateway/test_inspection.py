@@ -54,10 +54,11 @@ class ManualClock:
 
 def fixes(view: View, rng: random.Random, noise_m: float, ts: datetime) -> list[Reading]:
     lat, lon = move((view.lat, view.lon), rng.uniform(0, 360), rng.uniform(0, noise_m))
+    speed = view.speed * 3.6  # km/h, as the GPS reports it
     return [
         Reading(device="gps", point=p, value=v, ts=ts)
-        for p, v in (("lat", lat), ("lon", lon), ("heading", view.heading))
-    ] + [Reading(device="gps", point="speed", value=view.speed * 3.6, ts=ts)]  # km/h
+        for p, v in (("lat", lat), ("lon", lon), ("heading", view.heading), ("speed", speed))
+    ]
 
 
 def detections(
