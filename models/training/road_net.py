@@ -1,9 +1,15 @@
-"""A small centre-point detector in plain PyTorch (no third-party model code).
+"""Small centre-point detectors in plain PyTorch (no third-party model code).
 
-Backbone of plain residual 3x3 convolutions (strides 2..32; depthwise convolutions
-train ten times slower on a CPU), a top-down feature
-pyramid merged at stride 8, and a CenterNet-style head: a heatmap per class (the object
-centre), the box size (log, in stride units) and the sub-cell centre offset.
+Two backbones, one head:
+
+- ``RoadNet``: plain residual 3x3 convolutions (strides 2..32) trained from scratch
+  (depthwise convolutions train ten times slower on a CPU);
+- ``MobileRoadNet``: MobileNetV2 (Sandler et al., 2018) started from ImageNet weights
+  (``models.training.backbone``), its stride-2/4 layers frozen.
+
+Each has a top-down feature pyramid merged at stride 8 and a CenterNet-style head: a
+heatmap per class (the object centre), the box size (log, in stride units) and the
+sub-cell centre offset.
 
 For export the head is decoded inside the graph into the YOLOv8 layout the runtime reads,
 ``[1, 4 + C, N]`` (cx, cy, w, h in input pixels, then per-class scores), with the
@@ -39,18 +45,12 @@ class Residual(nn.Module):
         return F.relu(x + self.b(self.a(x)))
 
 
-class RoadNet(nn.Module):
-    def __init__(self, classes: int = 2, width: int = 16) -> None:
+class CentreNet(nn.Module):
+    """The head shared by the backbones: `features` gives the stride-8 map of `f` channels."""
+
+    def __init__(self, classes: int, f: int) -> None:
         super().__init__()
-        w = width
         self.classes = classes
-        self.stem = nn.Sequential(conv_bn(3, w, 3, 2), conv_bn(w, w * 2, 3, 2), Residual(w * 2))
-        self.s8 = nn.Sequential(conv_bn(w * 2, w * 4, 3, 2), Residual(w * 4))
-        self.s16 = nn.Sequential(conv_bn(w * 4, w * 8, 3, 2), Residual(w * 8))
-        self.s32 = nn.Sequential(conv_bn(w * 8, w * 8, 3, 2), Residual(w * 8))
-        f = w * 4
-        self.lat32 = conv_bn(w * 8, f, 1)
-        self.lat16 = conv_bn(w * 8, f, 1)
         self.head = nn.Sequential(conv_bn(f, f), conv_bn(f, f))
         self.heat = nn.Conv2d(f, classes, 1)
         self.box = nn.Conv2d(f, 4, 1)  # dx, dy (offset in the cell), log w, log h
@@ -58,26 +58,113 @@ class RoadNet(nn.Module):
         nn.init.constant_(self.heat.bias, -4.6)  # prior 0.01
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(x)
+        h = self.head(self.features(x))
         return self.heat(h), self.box(h)
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = self.features(x)
+        h = self.head(self.features(x))
         return self.heat(h), self.box(h), self.seg(h)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RoadNet(CentreNet):
+    def __init__(self, classes: int = 2, width: int = 16) -> None:
+        w = width
+        super().__init__(classes, w * 4)
+        self.stem = nn.Sequential(conv_bn(3, w, 3, 2), conv_bn(w, w * 2, 3, 2), Residual(w * 2))
+        self.s8 = nn.Sequential(conv_bn(w * 2, w * 4, 3, 2), Residual(w * 4))
+        self.s16 = nn.Sequential(conv_bn(w * 4, w * 8, 3, 2), Residual(w * 8))
+        self.s32 = nn.Sequential(conv_bn(w * 8, w * 8, 3, 2), Residual(w * 8))
+        self.lat32 = conv_bn(w * 8, w * 4, 1)
+        self.lat16 = conv_bn(w * 8, w * 4, 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         c8 = self.s8(self.stem(x))
         c16 = self.s16(c8)
         c32 = self.s32(c16)
         p = self.lat16(c16) + F.interpolate(self.lat32(c32), size=c16.shape[-2:], mode="nearest")
-        p = c8 + F.interpolate(p, size=c8.shape[-2:], mode="nearest")
-        return self.head(p)  # type: ignore[no-any-return]
+        return c8 + F.interpolate(p, size=c8.shape[-2:], mode="nearest")
+
+
+# MobileNetV2's inverted residual stages: expansion, channels, repeats, first stride
+MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
+MOBILENET_V2 += ((6, 160, 3, 2), (6, 320, 1, 1))
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def conv_bn6(cin: int, cout: int, k: int, s: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    ]
+
+
+class InvertedResidual(nn.Module):
+    """Expand (1x1), depthwise 3x3, project (1x1, linear); shortcut where shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers = conv_bn6(cin, hidden, 1) if expand != 1 else []
+        layers += conv_bn6(hidden, hidden, 3, stride, groups=hidden)
+        layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.shortcut = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.shortcut else self.conv(x)  # type: ignore[no-any-return]
+
+
+class MobileRoadNet(CentreNet):
+    """MobileNetV2 up to stride 32 (its parameter names, so ImageNet weights load as they
+    are), lateral 1x1 convolutions into a stride-8 pyramid. The input stays RGB in 0..1:
+    the ImageNet normalisation is the graph's first operation."""
+
+    FROZEN = 4  # the stride-2 and stride-4 layers keep their ImageNet weights
+
+    def __init__(self, classes: int = 2, f: int = 64) -> None:
+        super().__init__(classes, f)
+        layers: list[nn.Module] = [nn.Sequential(*conv_bn6(3, 32, 3, 2))]
+        cin = 32
+        for expand, cout, repeats, stride in MOBILENET_V2:
+            for i in range(repeats):
+                layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        self.backbone = nn.Sequential(*layers)  # 0-6: stride 8, 7-13: 16, 14-17: 32
+        self.lat8, self.lat16, self.lat32 = conv_bn(32, f, 1), conv_bn(96, f, 1), conv_bn(320, f, 1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        for p in self.backbone[: self.FROZEN].parameters():
+            p.requires_grad_(False)
+
+    def load_backbone(self, state: dict[str, torch.Tensor]) -> None:
+        """ImageNet weights of MobileNetV2 (``features.N...`` names; its last 1x1
+        convolution to 1280 channels and classifier are not used)."""
+        ours = {k.removeprefix("features."): v for k, v in state.items()}
+        ours = {k: v for k, v in ours.items() if int(k.split(".")[0]) < len(self.backbone)}
+        self.backbone.load_state_dict(ours)
+
+    def train(self, mode: bool = True) -> MobileRoadNet:
+        super().train(mode)
+        self.backbone[: self.FROZEN].eval()  # frozen layers keep their batch statistics
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        c8 = self.backbone[:7](x)
+        c16 = self.backbone[7:14](c8)
+        c32 = self.backbone[14:](c16)
+        p = self.lat16(c16) + F.interpolate(self.lat32(c32), size=c16.shape[-2:], mode="nearest")
+        return self.lat8(c8) + F.interpolate(p, size=c8.shape[-2:], mode="nearest")  # type: ignore[no-any-return]
 
 
 class Exported(nn.Module):
-    """RoadNet with the head decoded into the YOLOv8 layout ``[1, 4 + C, N]``."""
+    """A CentreNet with the head decoded into the YOLOv8 layout ``[1, 4 + C, N]``."""
 
-    def __init__(self, net: RoadNet, height: int, width: int) -> None:
+    def __init__(self, net: CentreNet, height: int, width: int) -> None:
         super().__init__()
         self.net = net
         gh, gw = height // STRIDE, width // STRIDE

