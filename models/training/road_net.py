@@ -7,7 +7,9 @@ Two backbones, one head:
 - ``MobileRoadNet``: MobileNetV2 (Sandler et al., 2018) started from ImageNet weights
   (``models.training.backbone``), its stride-2/4 layers frozen.
 
-Each has a top-down feature pyramid merged at stride 8 and a CenterNet-style head: a
+Each has a top-down feature pyramid merged at stride 8 (``RoadNet(stride=4)`` carries it
+down to the stride-4 stem, for small objects, at about half the speed) and a CenterNet-style
+head: a
 heatmap per class (the object centre), the box size (log, in stride units) and the
 sub-cell centre offset.
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-STRIDE = 8
+STRIDE = 8  # the default output stride
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
@@ -46,11 +48,13 @@ class Residual(nn.Module):
 
 
 class CentreNet(nn.Module):
-    """The head shared by the backbones: `features` gives the stride-8 map of `f` channels."""
+    """The head shared by the backbones: `features` gives the map of `f` channels at the
+    output stride `stride`."""
 
-    def __init__(self, classes: int, f: int) -> None:
+    def __init__(self, classes: int, f: int, stride: int = STRIDE) -> None:
         super().__init__()
         self.classes = classes
+        self.stride = stride
         self.head = nn.Sequential(conv_bn(f, f), conv_bn(f, f))
         self.heat = nn.Conv2d(f, classes, 1)
         self.box = nn.Conv2d(f, 4, 1)  # dx, dy (offset in the cell), log w, log h
@@ -70,22 +74,30 @@ class CentreNet(nn.Module):
 
 
 class RoadNet(CentreNet):
-    def __init__(self, classes: int = 2, width: int = 16) -> None:
+    def __init__(self, classes: int = 2, width: int = 16, stride: int = STRIDE) -> None:
+        if stride not in (4, 8):
+            raise ValueError(f"stride {stride}: RoadNet has outputs at stride 4 or 8")
         w = width
-        super().__init__(classes, w * 4)
+        super().__init__(classes, w * 4, stride)
         self.stem = nn.Sequential(conv_bn(3, w, 3, 2), conv_bn(w, w * 2, 3, 2), Residual(w * 2))
         self.s8 = nn.Sequential(conv_bn(w * 2, w * 4, 3, 2), Residual(w * 4))
         self.s16 = nn.Sequential(conv_bn(w * 4, w * 8, 3, 2), Residual(w * 8))
         self.s32 = nn.Sequential(conv_bn(w * 8, w * 8, 3, 2), Residual(w * 8))
         self.lat32 = conv_bn(w * 8, w * 4, 1)
         self.lat16 = conv_bn(w * 8, w * 4, 1)
+        if stride == 4:
+            self.lat4 = conv_bn(w * 2, w * 4, 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        c8 = self.s8(self.stem(x))
+        c4 = self.stem(x)
+        c8 = self.s8(c4)
         c16 = self.s16(c8)
         c32 = self.s32(c16)
         p = self.lat16(c16) + F.interpolate(self.lat32(c32), size=c16.shape[-2:], mode="nearest")
-        return c8 + F.interpolate(p, size=c8.shape[-2:], mode="nearest")
+        p = c8 + F.interpolate(p, size=c8.shape[-2:], mode="nearest")
+        if self.stride == 4:
+            p = self.lat4(c4) + F.interpolate(p, size=c4.shape[-2:], mode="nearest")
+        return p
 
 
 # MobileNetV2's inverted residual stages: expansion, channels, repeats, first stride
@@ -167,7 +179,8 @@ class Exported(nn.Module):
     def __init__(self, net: CentreNet, height: int, width: int) -> None:
         super().__init__()
         self.net = net
-        gh, gw = height // STRIDE, width // STRIDE
+        self.stride = net.stride
+        gh, gw = height // net.stride, width // net.stride
         ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
         self.register_buffer("gx", xs.reshape(1, 1, -1).float())
         self.register_buffer("gy", ys.reshape(1, 1, -1).float())
@@ -178,8 +191,8 @@ class Exported(nn.Module):
         peaks = F.max_pool2d(scores, 3, 1, 1)
         scores = scores * (scores >= peaks).float()
         b = box.flatten(2)
-        cx = (self.gx + torch.sigmoid(b[:, 0:1])) * STRIDE
-        cy = (self.gy + torch.sigmoid(b[:, 1:2])) * STRIDE
-        w = torch.exp(b[:, 2:3].clamp(-4, 6)) * STRIDE
-        h = torch.exp(b[:, 3:4].clamp(-4, 6)) * STRIDE
+        cx = (self.gx + torch.sigmoid(b[:, 0:1])) * self.stride
+        cy = (self.gy + torch.sigmoid(b[:, 1:2])) * self.stride
+        w = torch.exp(b[:, 2:3].clamp(-4, 6)) * self.stride
+        h = torch.exp(b[:, 3:4].clamp(-4, 6)) * self.stride
         return torch.cat([cx, cy, w, h, scores.flatten(2)], 1)
