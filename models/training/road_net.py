@@ -8,10 +8,9 @@ Two backbones, one head:
   (``models.training.backbone``), its stride-2/4 layers frozen.
 
 Each has a top-down feature pyramid merged at stride 8 (``RoadNet(stride=4)`` carries it
-down to the stride-4 stem, for small objects, at about half the speed) and a CenterNet-style
-head: a
-heatmap per class (the object centre), the box size (log, in stride units) and the
-sub-cell centre offset.
+down to the stride-4 stem, for small objects, at about half the speed) and a
+CenterNet-style head: a heatmap per class (the object centre), the box size (log, in
+stride units) and the sub-cell centre offset.
 
 For export the head is decoded inside the graph into the YOLOv8 layout the runtime reads,
 ``[1, 4 + C, N]`` (cx, cy, w, h in input pixels, then per-class scores), with the
