@@ -19,7 +19,7 @@ takes another copy) and trained at ``--backbone-lr`` times the head's learning r
 ``--stride 4`` (plain backbone only) puts the output at stride 4 instead of 8: the pyramid
 is carried down to the stem, for potholes of a few cells, at about half the speed.
 
-The network also learns a coarse segmentation of the masks (an auxiliary head at stride 8,
+The network also learns a coarse segmentation of the masks (an auxiliary head at the output stride,
 not exported): dense supervision from every pixel, which trains a small network from
 scratch far faster than the box centres alone.
 
