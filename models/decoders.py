@@ -121,16 +121,87 @@ def region_classes(spec: ModelSpec) -> list[int]:
     return [spec.classes.index(name) for name in spec.regions]
 
 
-def _finish(spec: ModelSpec, boxes: F32, scores: F32, classes: I32) -> Decoded:
+def mask_groups(prob: F32, threshold: float, join: int, min_pixels: int) -> tuple[F32, F32]:
+    """Groups of the pixels of a probability map `prob` [h, w] at or above `threshold`:
+    parts closer than `join` pixels (an elliptical dilation) are one group; groups of fewer
+    than `min_pixels` pixels are dropped. Returns each group's box (x1, y1, x2, y2: the
+    bounding box of its own pixels, not of the dilation) and score (its highest probability)."""
+    on = (prob >= threshold).astype(np.uint8)
+    ys, xs = np.nonzero(on)
+    if not len(xs):
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    if join > 1:
+        on = np.asarray(
+            cv2.dilate(on, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (join, join))), np.uint8
+        )
+    n, labels = cv2.connectedComponents(on, connectivity=8)
+    group: npt.NDArray[np.int64] = np.asarray(labels, np.int64)[ys, xs]
+    x1 = np.full(n, np.inf)
+    y1 = np.full(n, np.inf)
+    x2 = np.zeros(n)
+    y2 = np.zeros(n)
+    best = np.zeros(n, np.float32)
+    np.minimum.at(x1, group, xs)
+    np.minimum.at(y1, group, ys)
+    np.maximum.at(x2, group, xs + 1)
+    np.maximum.at(y2, group, ys + 1)
+    np.maximum.at(best, group, prob[ys, xs])
+    keep = np.bincount(group, minlength=n) >= min_pixels
+    keep[0] = False  # the background of the (dilated) map
+    return np.stack([x1, y1, x2, y2], 1)[keep].astype(np.float32), best[keep]
+
+
+def mask_detections(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
+    """The detections of ``output.masks``: its probability map per class scaled to the
+    input size, then ``mask_groups``."""
+    masks = spec.output.masks
+    if masks is None:
+        return Decoded.empty()
+    if masks.output >= len(outputs):
+        raise DecodeError(
+            f"model.yaml reads masks from output {masks.output}; the model has "
+            f"{len(outputs)} output(s)"
+        )
+    prob = np.asarray(outputs[masks.output], np.float32)
+    c = len(spec.classes)
+    if prob.ndim != 4 or prob.shape[0] != 1 or prob.shape[1] != c:
+        raise DecodeError(f"mask output must be [1, {c}, H, W], got {list(prob.shape)}")
+    size = spec.input.size
+    parts = []
+    for name in masks.classes:
+        cls = spec.classes.index(name)
+        scaled = cv2.resize(prob[0, cls], size, interpolation=cv2.INTER_LINEAR)
+        boxes, scores = mask_groups(scaled, masks.threshold, masks.join, masks.min_pixels)
+        parts.append(Decoded(boxes, scores, np.full(len(scores), cls, np.int32)))
+    return Decoded(
+        np.concatenate([p.boxes for p in parts]),
+        np.concatenate([p.scores for p in parts]),
+        np.concatenate([p.classes for p in parts]),
+    )
+
+
+def _finish(
+    spec: ModelSpec,
+    boxes: F32,
+    scores: F32,
+    classes: I32,
+    outputs: Sequence[npt.NDArray[np.generic]],
+) -> Decoded:
     if len(classes) and (classes.min() < 0 or classes.max() >= len(spec.classes)):
         raise DecodeError(
             f"class index {int(classes.max())} outside the {len(spec.classes)} classes of "
             "model.yaml"
         )
-    keep = scores >= _thresholds(spec)[classes] if len(classes) else np.zeros(0, bool)
-    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
     if spec.output.boxes_normalized:
         boxes = boxes * np.asarray([*spec.input.size, *spec.input.size], np.float32)
+    if spec.output.masks is not None:  # these classes come from the mask, not the boxes
+        from_boxes = ~np.isin(classes, [spec.classes.index(n) for n in spec.output.masks.classes])
+        m = mask_detections(outputs, spec)
+        boxes = np.concatenate([boxes[from_boxes], m.boxes])
+        scores = np.concatenate([scores[from_boxes], m.scores])
+        classes = np.concatenate([classes[from_boxes], m.classes])
+    keep = scores >= _thresholds(spec)[classes] if len(classes) else np.zeros(0, bool)
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
     finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
     d = Decoded(
         boxes[finite].astype(np.float32),
@@ -151,7 +222,7 @@ def yolov5(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decod
     cls_scores = rows[:, 5:] * rows[:, 4:5]
     classes = cls_scores.argmax(axis=1).astype(np.int32)
     scores = cls_scores[np.arange(len(rows)), classes]
-    return _finish(spec, _xywh_to_xyxy(rows[:, :4]), scores, classes)
+    return _finish(spec, _xywh_to_xyxy(rows[:, :4]), scores, classes, outputs)
 
 
 def yolov8(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
@@ -165,7 +236,8 @@ def yolov8(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decod
     scores = np.take_along_axis(cls_scores, classes[None], axis=0)[0]
     # Most of the N candidates score near zero: drop them before building boxes.
     cand = np.flatnonzero(scores >= _thresholds(spec).min())
-    return _finish(spec, _xywh_to_xyxy(out[0, :4][:, cand].T), scores[cand], classes[cand])
+    boxes = _xywh_to_xyxy(out[0, :4][:, cand].T)
+    return _finish(spec, boxes, scores[cand], classes[cand], outputs)
 
 
 def end2end(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
@@ -174,7 +246,8 @@ def end2end(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Deco
     if out.ndim != 3 or out.shape[0] != 1 or out.shape[2] != 6:
         raise DecodeError(f"end2end output must be [1, K, 6], got {list(out.shape)}")
     rows = out[0]
-    return _finish(spec, rows[:, :4], rows[:, 4], rows[:, 5].round().astype(np.int32))
+    classes = rows[:, 5].round().astype(np.int32)
+    return _finish(spec, rows[:, :4], rows[:, 4], classes, outputs)
 
 
 def classification(

@@ -49,6 +49,37 @@ class InputSpec(_Model):
         return self
 
 
+class MaskOutput(_Model):
+    """Classes found from a probability map rather than from boxes: regions such as a
+    crack network, whose extent a mask gives better than a box regressor."""
+
+    output: int = Field(
+        default=1,
+        ge=0,
+        description="Index of the model output holding per-class probabilities, "
+        "[1, C, h, w] over the input (h, w: the input size or a fraction of it).",
+    )
+    classes: list[str] = Field(
+        min_length=1,
+        description="Classes found from the mask (their boxes from the box output are "
+        "ignored): each group of pixels at or above `threshold` is one detection, its box "
+        "the bounding box of those pixels, its score their highest probability.",
+    )
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Probability from which a pixel is the class."
+    )
+    join: int = Field(
+        default=0,
+        ge=0,
+        le=512,
+        description="Parts closer than this many input pixels are one group (0: only "
+        "touching parts).",
+    )
+    min_pixels: int = Field(
+        default=1, ge=1, description="Groups with fewer pixels (input scale) are dropped."
+    )
+
+
 class OutputSpec(_Model):
     decoder: str = Field(
         description="yolov5 ([1,N,5+C]), yolov8 ([1,4+C,N], also v9-v11), end2end ([1,K,6]: "
@@ -59,6 +90,9 @@ class OutputSpec(_Model):
     )
     logits: bool | None = Field(
         default=None, description="classification: apply softmax (None: detect it)."
+    )
+    masks: MaskOutput | None = Field(
+        default=None, description="Detectors: classes read from a probability-map output."
     )
 
 
@@ -111,6 +145,12 @@ class ModelSpec(_Model):
         unknown = set(self.regions) - set(self.classes)
         if unknown:
             raise ValueError(f"regions of unknown classes: {', '.join(sorted(unknown))}")
+        masks = self.output.masks
+        unknown = set(masks.classes) - set(self.classes) if masks else set()
+        if unknown:
+            raise ValueError(f"masks of unknown classes: {', '.join(sorted(unknown))}")
+        if masks and self.task != "detect":
+            raise ValueError("output.masks is for detectors (task detect)")
         if (self.task == "classify") != (self.output.decoder == "classification"):
             raise ValueError("task classify goes with decoder classification, and only with it")
         return self

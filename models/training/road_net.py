@@ -173,19 +173,25 @@ class MobileRoadNet(CentreNet):
 
 
 class Exported(nn.Module):
-    """A CentreNet with the head decoded into the YOLOv8 layout ``[1, 4 + C, N]``."""
+    """A CentreNet with the head decoded into the YOLOv8 layout ``[1, 4 + C, N]``; with
+    `masks`, a second output: the segmentation head's probabilities ``[1, C, H/s, W/s]``
+    (model.yaml ``output.masks``: region classes read from the mask)."""
 
-    def __init__(self, net: CentreNet, height: int, width: int) -> None:
+    def __init__(self, net: CentreNet, height: int, width: int, masks: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.masks = masks
         self.stride = net.stride
         gh, gw = height // net.stride, width // net.stride
         ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
         self.register_buffer("gx", xs.reshape(1, 1, -1).float())
         self.register_buffer("gy", ys.reshape(1, 1, -1).float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        heat, box = self.net(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.masks:
+            heat, box, seg = self.net.forward_train(x)
+        else:
+            heat, box = self.net(x)
         scores = torch.sigmoid(heat)
         peaks = F.max_pool2d(scores, 3, 1, 1)
         scores = scores * (scores >= peaks).float()
@@ -194,4 +200,5 @@ class Exported(nn.Module):
         cy = (self.gy + torch.sigmoid(b[:, 1:2])) * self.stride
         w = torch.exp(b[:, 2:3].clamp(-4, 6)) * self.stride
         h = torch.exp(b[:, 3:4].clamp(-4, 6)) * self.stride
-        return torch.cat([cx, cy, w, h, scores.flatten(2)], 1)
+        detections = torch.cat([cx, cy, w, h, scores.flatten(2)], 1)
+        return (detections, torch.sigmoid(seg)) if self.masks else detections

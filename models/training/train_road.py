@@ -51,9 +51,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 import yaml
 
+from models.decoders import mask_groups
 from models.training import backbone
 from models.training.road_data import (
     CLASSES,
+    CRACK_JOIN,
     POTHOLE_MIN_AREA,
     SOURCE_SIZE,
     Frame,
@@ -297,18 +299,88 @@ def to_tensor(images: list[U8]) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def predict(net: CentreNet, images: list[U8]) -> list[tuple[F32, F32, npt.NDArray[np.int64]]]:
-    """Boxes (source pixels), scores, classes per image, at a low score floor, after NMS."""
-    exported = Exported(net, INPUT[1], INPUT[0]).eval()
-    out = []
+Prediction = tuple[F32, F32, npt.NDArray[np.int64]]
+MASK_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)  # crack-mask thresholds tried on val
+MASK_MIN_PIXELS = 32  # input pixels: smaller crack groups are specks
+
+
+@dataclass(frozen=True, slots=True)
+class Predicted:
+    """The network's output on a set of frames: boxes after NMS (source pixels) and, with
+    masks, the crack probability map of each frame (output stride)."""
+
+    boxes: list[Prediction]
+    crack: list[F32] | None
+
+    def with_mask(self, threshold: float) -> list[Prediction]:
+        """Cracks from the mask as the runtime finds them (``output.masks``): the map at
+        the input size, pixels >= `threshold`, parts within the crack-region join distance
+        one region; potholes from the boxes."""
+        if self.crack is None:
+            return self.boxes
+        scale = np.float32(SOURCE_SIZE[0] / INPUT[0])
+        out = []
+        for (boxes, conf, cls), prob in zip(self.boxes, self.crack, strict=True):
+            scaled = cv2.resize(prob, INPUT, interpolation=cv2.INTER_LINEAR)
+            regions, scores = mask_groups(scaled, threshold, crack_join(), MASK_MIN_PIXELS)
+            keep = cls != 0
+            out.append(
+                (
+                    np.concatenate([boxes[keep], regions * scale]),
+                    np.concatenate([conf[keep], scores]),
+                    np.concatenate([cls[keep], np.zeros(len(scores), np.int64)]),
+                )
+            )
+        return out
+
+
+def crack_join() -> int:
+    """The crack-region join distance (``road_data.CRACK_JOIN``) at the input scale, odd."""
+    return round(CRACK_JOIN * INPUT[0] / SOURCE_SIZE[0]) | 1
+
+
+def predict(net: CentreNet, images: list[U8], masks: bool = False) -> Predicted:
+    """Boxes (source pixels), scores, classes per image, at a low score floor, after NMS;
+    with `masks` also the crack probability maps."""
+    exported = Exported(net, INPUT[1], INPUT[0], masks=masks).eval()
+    out: list[Prediction] = []
+    crack: list[F32] = []
     with torch.no_grad():
         for i in range(0, len(images), 16):
-            y = exported(to_tensor(images[i : i + 16])).numpy()
-            out.extend(decode(o) for o in y)
-    return out
+            y = exported(to_tensor(images[i : i + 16]))
+            if isinstance(y, tuple):
+                y, seg = y
+                crack.extend(seg[:, 0].numpy())
+            out.extend(decode(o) for o in y.numpy())
+    return Predicted(out, crack if masks else None)
 
 
-def decode(o: F32, floor: float = 0.05) -> tuple[F32, F32, npt.NDArray[np.int64]]:
+@dataclass(frozen=True, slots=True)
+class Selection:
+    score: float  # what checkpoints are compared on: pothole AP50 + crack-region F1
+    thresholds: dict[str, float]
+    mask_threshold: float | None
+    figures: dict[str, Any]
+
+
+def select(frames: list[Frame], predicted: Predicted) -> Selection:
+    """The score thresholds (and with masks the crack-mask threshold) with the best F1 on
+    `frames` (validation data), and the figures at them."""
+    best: Selection | None = None
+    for t in MASK_GRID if predicted.crack is not None else (None,):
+        preds = predicted.with_mask(t) if t is not None else predicted.boxes
+        thresholds = pick_thresholds(frames, preds, REGIONS)
+        figures = evaluate(frames, preds, thresholds, REGIONS)
+        score = figures["pothole"]["ap50"] + figures["crack"]["f1"]
+        if t is not None:
+            figures["crack"]["mask_threshold"] = t
+        if best is None or score > best.score:
+            best = Selection(score, thresholds, t, figures)
+    assert best is not None
+    return best
+
+
+def decode(o: F32, floor: float = 0.05) -> Prediction:
     scores = o[4:].T
     cls = scores.argmax(1)
     conf = scores.max(1)
@@ -338,11 +410,14 @@ def export(
     classes: tuple[str, ...] = CLASSES,
     size: tuple[int, int] | None = None,
     extra: dict[str, Any] | None = None,
+    mask_threshold: float | None = None,
 ) -> None:
-    """Write model.onnx (YOLOv8 layout) and its model.yaml into `out`."""
+    """Write model.onnx (YOLOv8 layout) and its model.yaml into `out`; with a
+    `mask_threshold`, cracks are read from the segmentation output (``output.masks``)."""
     size = size or INPUT
     out.mkdir(parents=True, exist_ok=True)
-    exported = Exported(net, size[1], size[0]).eval()
+    masks = mask_threshold is not None
+    exported = Exported(net, size[1], size[0], masks=masks).eval()
     path = out / "model.onnx"
     torch.onnx.export(
         exported,
@@ -350,7 +425,7 @@ def export(
         str(path),
         opset_version=17,
         input_names=["images"],
-        output_names=["output0"],
+        output_names=["output0", "masks"] if masks else ["output0"],
         dynamo=False,
     )
     model = onnx.load(str(path))
@@ -377,6 +452,14 @@ def export(
         "max_detections": 50,
         **(extra or {}),
     }
+    if masks:
+        spec["output"]["masks"] = {
+            "output": 1,
+            "classes": ["crack"],
+            "threshold": mask_threshold,
+            "join": crack_join(),
+            "min_pixels": MASK_MIN_PIXELS,
+        }
     (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
@@ -416,10 +499,16 @@ def export_checkpoint(args: argparse.Namespace) -> None:
     net.load_state_dict(torch.load(args.out / "best.pt"))
     net.eval()
     val = load_split(args.data, "val")
-    preds = predict(net, load_images(val))
-    thresholds = pick_thresholds(val, preds, REGIONS)
-    print(json.dumps(evaluate(val, preds, thresholds, REGIONS)))
-    export(net, args.out, thresholds, DESCRIPTION, extra={"regions": REGION_CLASSES})
+    chosen = select(val, predict(net, load_images(val), masks=args.crack_from == "mask"))
+    print(json.dumps(chosen.figures))
+    export(
+        net,
+        args.out,
+        chosen.thresholds,
+        DESCRIPTION,
+        extra={"regions": REGION_CLASSES},
+        mask_threshold=chosen.mask_threshold,
+    )
 
 
 def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
@@ -477,6 +566,13 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         default="basic",
         help="basic: brightness, contrast, saturation, blur; strong: also per-channel "
         "white balance, gamma, greyscale and sensor noise",
+    )
+    ap.add_argument(
+        "--crack-from",
+        choices=("mask", "boxes"),
+        default="mask",
+        help="mask: crack regions from the segmentation head's crack map (a second "
+        "output, grouped as the ground truth is); boxes: from the centre-point boxes",
     )
     ap.add_argument(
         "--resume",
@@ -585,13 +681,18 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
             "minutes": (time.monotonic() - t0) / 60,
         }
         if (epoch + 1) % 4 == 0 or epoch + 1 == args.epochs:
-            preds = predict(net, val_img)
-            thresholds = pick_thresholds(val, preds, REGIONS)
-            figures = evaluate(val, preds, thresholds, REGIONS)
-            entry["val"] = figures
-            score = figures["pothole"]["ap50"] + figures["crack"]["f1"]
-            if best is None or score > best[0]:
-                best = (score, {"epoch": epoch + 1, "thresholds": thresholds, "val": figures})
+            chosen = select(val, predict(net, val_img, masks=args.crack_from == "mask"))
+            entry["val"] = chosen.figures
+            if best is None or chosen.score > best[0]:
+                best = (
+                    chosen.score,
+                    {
+                        "epoch": epoch + 1,
+                        "thresholds": chosen.thresholds,
+                        "mask_threshold": chosen.mask_threshold,
+                        "val": chosen.figures,
+                    },
+                )
                 torch.save(net.state_dict(), args.out / "best.pt")
         log.append(entry)
         print(json.dumps(entry), flush=True)
@@ -615,7 +716,12 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
     (args.out / "best.pt").unlink()
     last.unlink()
     export(
-        net.eval(), args.out, best[1]["thresholds"], DESCRIPTION, extra={"regions": REGION_CLASSES}
+        net.eval(),
+        args.out,
+        best[1]["thresholds"],
+        DESCRIPTION,
+        extra={"regions": REGION_CLASSES},
+        mask_threshold=best[1].get("mask_threshold"),
     )
     (args.out / "train-log.json").write_text(
         json.dumps(

@@ -18,11 +18,15 @@ def constant_model(
     input_shape: tuple[int, ...] = (1, 3, 64, 64),
     input_type: int = TensorProto.FLOAT,
     sleep_graph: bool = False,
+    more: tuple[np.ndarray, ...] = (),
 ) -> onnx.ModelProto:
     """A model whose output is `output` whatever the input (it still reads the input:
-    output = constant + 0 * mean(input))."""
+    output = constant + 0 * mean(input)); `more` are further constant outputs."""
     del sleep_graph
     const = numpy_helper.from_array(output.astype(np.float32), "const")
+    extra = [
+        numpy_helper.from_array(m.astype(np.float32), f"const{i + 1}") for i, m in enumerate(more)
+    ]
     nodes = []
     inp_name = "images"
     if input_type != TensorProto.FLOAT:
@@ -33,12 +37,19 @@ def constant_model(
         helper.make_node("Mul", ["m", "zero"], ["z"]),
         helper.make_node("Add", ["const", "z"], ["output0"]),
     ]
+    nodes += [
+        helper.make_node("Identity", [t.name], [f"output{i + 1}"]) for i, t in enumerate(extra)
+    ]
     graph = helper.make_graph(
         nodes,
         "constant",
         [helper.make_tensor_value_info("images", input_type, list(input_shape))],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
-        initializer=[const, numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))]
+        + [
+            helper.make_tensor_value_info(f"output{i + 1}", TensorProto.FLOAT, list(m.shape))
+            for i, m in enumerate(more)
+        ],
+        initializer=[const, numpy_helper.from_array(np.zeros((), np.float32), "zero"), *extra],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

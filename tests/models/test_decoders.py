@@ -143,3 +143,63 @@ def test_class_index_out_of_range() -> None:
     rows = np.array([[0, 0, 10, 10, 0.9, 7]], np.float32)
     with pytest.raises(DecodeError, match="class index 7 outside the 3 classes"):
         end2end([rows[np.newaxis]], spec("end2end"))
+
+
+def mask_spec(**masks: object) -> ModelSpec:
+    return spec(output={"decoder": "yolov8", "masks": {"classes": ["crack"], **masks}})
+
+
+def test_region_classes_from_a_probability_map() -> None:
+    prob = np.zeros((1, 3, 640, 640), np.float32)
+    prob[0, 0, 100:104, 50:150] = 0.9  # a crack stroke ...
+    prob[0, 0, 110:114, 160:260] = 0.6  # ... and another 10 px away: one region with join 33
+    prob[0, 0, 500:520, 500:504] = 0.7  # a crack far away
+    prob[0, 0, 300:301, 300:302] = 0.95  # 2 pixels: under min_pixels
+    prob[0, 0, 600:610, 10:20] = 0.4  # under the mask threshold
+    prob[0, 1, 200:260, 200:260] = 0.99  # pothole probability: potholes come from the boxes
+    rows = np.array(
+        [
+            [100, 100, 40, 20, 0.9, 0.0, 0.0],  # a crack box: ignored, cracks are the mask's
+            [300, 200, 60, 60, 0.0, 0.7, 0.0],  # pothole (270, 170)-(330, 230)
+        ],
+        np.float32,
+    )
+    out = [rows.T[np.newaxis], prob]
+    s = mask_spec(threshold=0.5, join=33, min_pixels=10)
+    assert boxes(yolov8(out, s)) == [
+        (0, 0.9, [50, 100, 260, 114]),
+        (1, 0.7, [270, 170, 330, 230]),
+        (0, 0.7, [500, 500, 504, 520]),
+    ]
+    # without joining the two strokes are two regions
+    assert len(yolov8(out, mask_spec(threshold=0.5, min_pixels=10))) == 4
+    # the class score threshold filters the groups by their highest probability
+    s = mask_spec(threshold=0.5, join=33, min_pixels=10)
+    s = s.model_copy(update={"thresholds": s.thresholds.model_copy(update={"score": 0.8})})
+    assert [c for c, _, _ in boxes(yolov8(out, s))] == [0]
+
+
+def test_a_coarse_probability_map_is_scaled_to_the_input() -> None:
+    prob = np.zeros((1, 3, 160, 160), np.float32)  # stride 4
+    prob[0, 0, 25:27, 10:40] = 1.0  # rows 100-108, columns 40-160 at the input
+    (found,) = boxes(yolov8([np.zeros((1, 7, 0), np.float32), prob], mask_spec()))
+    assert found[0] == 0
+    assert found[2] == pytest.approx([40, 100, 160, 108], abs=3)
+
+
+def test_mask_output_errors_are_named() -> None:
+    rows = np.zeros((1, 7, 0), np.float32)
+    with pytest.raises(DecodeError, match=r"masks from output 1; the model has 1 output"):
+        yolov8([rows], mask_spec())
+    with pytest.raises(
+        DecodeError, match=r"mask output must be \[1, 3, H, W\], got \[1, 2, 8, 8\]"
+    ):
+        yolov8([rows, np.zeros((1, 2, 8, 8), np.float32)], mask_spec())
+    with pytest.raises(ValueError, match="masks of unknown classes: road"):
+        spec(output={"decoder": "yolov8", "masks": {"classes": ["road"]}})
+    with pytest.raises(ValueError, match=r"output\.masks is for detectors"):
+        spec(
+            "classification",
+            task="classify",
+            output={"decoder": "classification", "masks": {"classes": ["crack"]}},
+        )

@@ -38,6 +38,24 @@ def test_letterbox_boxes_come_back_in_frame_pixels(tmp_path: Path) -> None:
     model.close()
 
 
+def test_regions_from_a_mask_output_come_back_in_frame_pixels(tmp_path: Path) -> None:
+    boxes = yolov8_out((32, 32, 16, 8, 0, 0.9), (10, 40, 8, 8, 1, 0.8))
+    prob = np.zeros((1, 2, 16, 16), np.float32)  # stride 4
+    prob[0, 0, 6:8, 4:12] = 0.7  # input pixels (16, 24)-(48, 32): a crack region
+    prob[0, 1, 0:4, 0:4] = 0.9  # a pothole only in the map: potholes come from the boxes
+    spec = detect_spec("yolov8", CLASSES, regions=["crack"])
+    spec["output"]["masks"] = {"classes": ["crack"], "threshold": 0.5}
+    model = LoadedModel.load(package(tmp_path / "m", constant_model(boxes, more=(prob,)), spec))
+    frame = np.zeros((64, 128, 3), np.uint8)  # scaled by 0.5, padded 16 rows
+    crack, pothole = sorted(model.run(frame), key=lambda f: f.label)
+    assert (crack.label, pothole.label) == ("crack", "pothole")
+    assert crack.score == pytest.approx(0.7, abs=0.01)
+    # input (16, 24)-(48, 32) give or take the bilinear edge -> frame (32, 16)-(96, 32)
+    assert crack.box == pytest.approx((32.0, 16.0, 96.0, 32.0), abs=6)
+    assert pothole.box == pytest.approx((12.0, 40.0, 28.0, 56.0))
+    model.close()
+
+
 def test_tiled_inference_finds_one_object_per_tile(tmp_path: Path) -> None:
     out = yolov8_out((10, 10, 8, 8, 0, 0.8))
     spec = detect_spec(
