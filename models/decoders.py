@@ -134,21 +134,24 @@ def mask_groups(prob: F32, threshold: float, join: int, min_pixels: int) -> tupl
         on = np.asarray(
             cv2.dilate(on, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (join, join))), np.uint8
         )
-    n, labels = cv2.connectedComponents(on, connectivity=8)
-    group: npt.NDArray[np.int64] = np.asarray(labels, np.int64)[ys, xs]
-    x1 = np.full(n, np.inf)
-    y1 = np.full(n, np.inf)
-    x2 = np.zeros(n)
-    y2 = np.zeros(n)
-    best = np.zeros(n, np.float32)
-    np.minimum.at(x1, group, xs)
-    np.minimum.at(y1, group, ys)
-    np.maximum.at(x2, group, xs + 1)
-    np.maximum.at(y2, group, ys + 1)
-    np.maximum.at(best, group, prob[ys, xs])
-    keep = np.bincount(group, minlength=n) >= min_pixels
-    keep[0] = False  # the background of the (dilated) map
-    return np.stack([x1, y1, x2, y2], 1)[keep].astype(np.float32), best[keep]
+    _, labels = cv2.connectedComponents(on, connectivity=8)
+    group = np.asarray(labels, np.int64)[ys, xs]
+    order = np.argsort(group, kind="stable")
+    group, xs, ys = group[order], xs[order], ys[order]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # one run per group
+    count = np.diff(np.r_[starts, len(group)])
+    boxes = np.stack(
+        [
+            np.minimum.reduceat(xs, starts),
+            np.minimum.reduceat(ys, starts),
+            np.maximum.reduceat(xs, starts) + 1,
+            np.maximum.reduceat(ys, starts) + 1,
+        ],
+        1,
+    ).astype(np.float32)
+    best = np.maximum.reduceat(prob[ys, xs], starts).astype(np.float32)
+    keep = count >= min_pixels
+    return boxes[keep], best[keep]
 
 
 def mask_detections(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
