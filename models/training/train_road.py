@@ -19,9 +19,13 @@ takes another copy) and trained at ``--backbone-lr`` times the head's learning r
 ``--stride 4`` (plain backbone only) puts the output at stride 4 instead of 8: the pyramid
 is carried down to the stem, for potholes of a few cells, at about half the speed.
 
-The network also learns a coarse segmentation of the masks (an auxiliary head at the output stride,
-not exported): dense supervision from every pixel, which trains a small network from
-scratch far faster than the box centres alone.
+The network also learns a coarse segmentation of the masks (a head at the output stride):
+dense supervision from every pixel, which trains a small network from scratch far faster
+than the box centres alone. With ``--crack-from mask`` (the default) its crack map is
+exported as a second output and the crack regions are read from it the way the ground
+truth is made from the masks (model.yaml ``output.masks``: pixels above a threshold
+picked on val, parts closer than the crack-region join distance one region); potholes
+always come from the centre-point boxes.
 
 Augmentation: random scale (0.7-1.3) and crop, horizontal flip, brightness/contrast/
 saturation jitter, occasional blur (``--photometric strong`` adds white balance, gamma,
