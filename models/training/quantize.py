@@ -84,7 +84,9 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="where to write the int8 package")
     ap.add_argument("--calibrate", type=Path, required=True, help="a road-dnit list file")
     ap.add_argument("--frames", type=int, default=96)
-    ap.add_argument("--keep-float", default="heat,box", help="output convolutions kept in float")
+    ap.add_argument(
+        "--keep-float", default="heat,box,seg", help="output convolutions kept in float"
+    )
     args = ap.parse_args()
     spec = load_spec(args.package)
     source = args.package / spec.file

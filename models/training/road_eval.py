@@ -171,7 +171,7 @@ def pick_thresholds(
     out = {}
     for c, name in enumerate(CLASSES):
         if c in regions:
-            grid = np.arange(0.05, 0.9, 0.0125)
+            grid = np.arange(0.05, 0.99, 0.0125)
             f1 = [_f1_at(frames, preds, c, float(t), regions)[2] for t in grid]
             out[name] = round(float(grid[int(np.argmax(f1))]), 3)
             continue
