@@ -1,1 +1,1 @@
-"""The road-defect model package, int8 (data only: see ../road_defect/MODEL_CARD.md)."""
+"""The road-defect model package (data only: see MODEL_CARD.md)."""
