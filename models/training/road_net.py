@@ -199,11 +199,12 @@ class Exported(nn.Module):
         peaks = F.max_pool2d(scores, 3, 1, 1)
         scores = scores * (scores >= peaks).float()
         if self.masks:  # confirmed by the segmentation head nearby: sqrt(peak x mask)
-            scores = torch.sqrt(scores * F.max_pool2d(torch.sigmoid(seg), 3, 1, 1))
+            mask = torch.sigmoid(seg)
+            scores = torch.sqrt(scores * F.max_pool2d(mask, 3, 1, 1))
         b = box.flatten(2)
         cx = (self.gx + torch.sigmoid(b[:, 0:1])) * self.stride
         cy = (self.gy + torch.sigmoid(b[:, 1:2])) * self.stride
         w = torch.exp(b[:, 2:3].clamp(-4, 6)) * self.stride
         h = torch.exp(b[:, 3:4].clamp(-4, 6)) * self.stride
         detections = torch.cat([cx, cy, w, h, scores.flatten(2)], 1)
-        return (detections, torch.sigmoid(seg)) if self.masks else detections
+        return (detections, mask) if self.masks else detections
