@@ -11,6 +11,12 @@ figures per epoch). Deterministic given ``--seed`` up to CPU thread scheduling. 
 interrupted run continues where it stopped with ``--resume`` and the same arguments (the
 state after the last finished epoch is kept in ``OUT/last.pt``).
 
+``--refit RUN/train-log.json`` trains the recipe of a finished run again on ``train.txt``
+and ``val.txt`` together (the same arguments and number of epochs, which that run's
+selection must have ended on) and exports the last epoch with the thresholds that run
+picked on val: the usual last step once val has chosen the recipe, two more highways for
+the network to see. Its figures exist only on ``test.txt``.
+
 Two backbones (``models.training.road_net``): ``--backbone plain`` (default), a residual
 CNN trained from scratch, and ``--backbone mobilenetv2``, MobileNetV2 started from
 ImageNet weights (``models.training.backbone``: the file that the MIT-licensed
@@ -515,7 +521,37 @@ def export_checkpoint(args: argparse.Namespace) -> None:
     )
 
 
-def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
+def refit_choice(args: argparse.Namespace) -> dict[str, Any]:
+    """The choices (thresholds, mask threshold, val figures) of the run whose train-log.json
+    is ``args.refit``, checked against this run's arguments."""
+    try:
+        run = json.loads(args.refit.read_text())
+        chosen, ran = run["best"], run["args"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(
+            f"--refit {args.refit}: not a train-log.json of this recipe ({exc})"
+        ) from None
+    if chosen["epoch"] != int(ran["epochs"]):
+        raise SystemExit(
+            f"--refit {args.refit}: that run selected epoch {chosen['epoch']} of "
+            f"{ran['epochs']}; a refit repeats a schedule whose last epoch was chosen"
+        )
+    ignored = {"data", "out", "resume", "export_only", "refit", "threads"}
+    differ = [
+        f"--{k.replace('_', '-')} {v} (that run: {ran[k]})"
+        for k, v in vars(args).items()
+        if k not in ignored and k in ran and str(v) != ran[k]
+    ]
+    if differ:
+        raise SystemExit(f"--refit {args.refit}: arguments differ: " + ", ".join(differ))
+    return {
+        "thresholds": chosen["thresholds"],
+        "mask_threshold": chosen.get("mask_threshold"),
+        "refit_of": {"log": str(args.refit), "epoch": chosen["epoch"], "val": chosen["val"]},
+    }
+
+
+def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -584,6 +620,15 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         help="continue the interrupted run whose state is in OUT/last.pt (same arguments)",
     )
     ap.add_argument(
+        "--refit",
+        type=Path,
+        metavar="TRAIN_LOG",
+        help="train on train.txt + val.txt with the same arguments as the run that wrote "
+        "TRAIN_LOG (its train-log.json, whose selected epoch must be its last), for its "
+        "number of epochs, and export the last epoch with the thresholds that run picked "
+        "on val; nothing is selected on val",
+    )
+    ap.add_argument(
         "--export-only",
         action="store_true",
         help="export OUT/best.pt (the best checkpoint so far of a run) without training",
@@ -595,11 +640,16 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
         export_checkpoint(args)
         return
 
+    refit = refit_choice(args) if args.refit else None
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
     train, val = load_split(args.data, "train"), load_split(args.data, "val")
-    print(f"train {len(train)} frames, val {len(val)}; loading images", flush=True)
+    if refit is not None:
+        train, val = train + val, []
+        print(f"refit: train + val {len(train)} frames; loading images", flush=True)
+    else:
+        print(f"train {len(train)} frames, val {len(val)}; loading images", flush=True)
     train_img = load_images(train, masks=True, lane=args.copy_paste > 0)
     val_img = load_images(val)
     patches = pothole_patches(train_img) if args.copy_paste > 0 else []
@@ -684,7 +734,7 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
             "loss": float(np.mean(losses)),
             "minutes": (time.monotonic() - t0) / 60,
         }
-        if (epoch + 1) % 4 == 0 or epoch + 1 == args.epochs:
+        if refit is None and ((epoch + 1) % 4 == 0 or epoch + 1 == args.epochs):
             chosen = select(val, predict(net, val_img, masks=args.crack_from == "mask"))
             entry["val"] = chosen.figures
             if best is None or chosen.score > best[0]:
@@ -715,9 +765,12 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
             last.with_suffix(".tmp"),
         )
         last.with_suffix(".tmp").replace(last)
-    assert best is not None
-    net.load_state_dict(torch.load(args.out / "best.pt"))
-    (args.out / "best.pt").unlink()
+    if refit is not None:
+        best = (0.0, {**refit, "epoch": args.epochs})
+    else:
+        assert best is not None
+        net.load_state_dict(torch.load(args.out / "best.pt"))
+        (args.out / "best.pt").unlink()
     last.unlink()
     export(
         net.eval(),
@@ -733,7 +786,10 @@ def main() -> None:  # noqa: PLR0915 - a training script, top to bottom
             indent=1,
         )
     )
-    print(f"best epoch {best[1]['epoch']}: {json.dumps(best[1]['val'])}")
+    if refit is not None:
+        print(f"exported epoch {args.epochs}, thresholds from {args.refit} (val not measured)")
+    else:
+        print(f"best epoch {best[1]['epoch']}: {json.dumps(best[1]['val'])}")
 
 
 if __name__ == "__main__":
