@@ -13,7 +13,8 @@ Figures per class: AP50 (all-point interpolated area under the precision-recall 
 greedy matching at IoU >= 0.5, scores down to 0.05, boxes as the detector gives them), and
 precision, recall and F1 of what the node reports: the package's own score thresholds and
 its ``regions`` joined (overlapping crack-region boxes are one region); pothole recall by
-box area (where the misses are); inference time per frame (p50, mean) at the input size.
+box area (where the misses are); the same figures per highway; inference time per frame
+(p50, mean) at the input size.
 Needs no torch.
 """
 
@@ -207,6 +208,30 @@ def evaluate(
     return out
 
 
+def highway(frame: Frame) -> str:
+    """The highway a road-dnit frame was taken on, from its name (``..._RS_386_...``:
+    ``RS-386``); the name itself when it does not follow that pattern."""
+    parts = frame.name.split("_")
+    return f"{parts[1]}-{parts[2]}" if len(parts) > 2 else frame.name
+
+
+def by_highway(
+    frames: list[Frame],
+    preds: list[Prediction],
+    thresholds: dict[str, float],
+    regions: Sequence[int] = (),
+) -> dict[str, dict[str, Any]]:
+    """`evaluate` per highway (the splits are by highway: how the figures vary by road)."""
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault(highway(f), []).append(i)
+    return {
+        name: {"frames": len(idx)}
+        | evaluate([frames[i] for i in idx], [preds[i] for i in idx], thresholds, regions)
+        for name, idx in sorted(groups.items())
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -254,6 +279,7 @@ def main() -> None:
     figures["pothole"]["recall_by_area"] = recall_by_area(
         frames, preds, CLASSES.index("pothole"), thresholds["pothole"]
     )
+    figures["by_highway"] = by_highway(frames, preds, thresholds, regions)
     ms = sorted(t * 1000 for t in times)
     figures["inference"] = {
         "input": list(spec.input.size),

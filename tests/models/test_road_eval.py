@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 
 from models.training.road_data import Frame
-from models.training.road_eval import Prediction, evaluate, pick_thresholds, recall_by_area
+from models.training.road_eval import (
+    Prediction,
+    by_highway,
+    evaluate,
+    pick_thresholds,
+    recall_by_area,
+)
 
 
-def frame(*boxes: tuple[float, float, float, float, int]) -> Frame:
+def frame(*boxes: tuple[float, float, float, float, int], name: str = "f") -> Frame:
     return Frame(
-        "f",
-        Path("f_RAW.jpg"),
+        name,
+        Path(f"{name}_RAW.jpg"),
         np.asarray([b[:4] for b in boxes], np.float32).reshape(-1, 4),
         np.asarray([b[4] for b in boxes], np.int64),
     )
@@ -82,3 +88,26 @@ def test_f1_counts_a_crack_region_found_in_overlapping_pieces_as_found() -> None
     # the joining happens after the threshold: a piece under it is not part of the region
     assert evaluate(frames, preds, {"crack": 0.55, "pothole": 0.5}, [0])["crack"]["f1"] == 0.0
     assert pick_thresholds(frames, preds, [0])["crack"] <= 0.5
+
+
+def test_figures_per_highway_come_from_that_highways_frames_only() -> None:
+    frames = [
+        frame((0, 0, 30, 30, 1), name="1_RS_386_386RS1_1"),
+        frame((0, 0, 30, 30, 1), name="2_RS_386_386RS1_2"),
+        frame((50, 50, 90, 90, 1), name="3_DF_020_020DF1_1"),
+    ]
+    # RS-386: both potholes found; DF-020: a detection in the wrong place
+    preds = [
+        pred((0, 0, 30, 30, 0.9, 1)),
+        pred((1, 1, 30, 30, 0.8, 1)),
+        pred((0, 0, 30, 30, 0.9, 1)),
+    ]
+    figures = by_highway(frames, preds, {"crack": 0.5, "pothole": 0.5})
+    assert list(figures) == ["DF-020", "RS-386"]
+    assert figures["RS-386"]["frames"] == 2
+    assert figures["RS-386"]["pothole"]["objects"] == 2
+    assert figures["RS-386"]["pothole"]["ap50"] == pytest.approx(1.0)
+    assert (figures["DF-020"]["pothole"]["ap50"], figures["DF-020"]["pothole"]["f1"]) == (0, 0)
+    # all frames together: two of the three found
+    overall = evaluate(frames, preds, {"crack": 0.5, "pothole": 0.5})["pothole"]
+    assert overall["recall"] == pytest.approx(2 / 3, abs=1e-4)
