@@ -647,9 +647,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     train, val = load_split(args.data, "train"), load_split(args.data, "val")
     if refit is not None:
         train, val = train + val, []
-        print(f"refit: train + val {len(train)} frames; loading images", flush=True)
-    else:
-        print(f"train {len(train)} frames, val {len(val)}; loading images", flush=True)
+    what = f"refit: train + val {len(train)}" if refit else f"train {len(train)}, val {len(val)}"
+    print(f"{what} frames; loading images", flush=True)
     train_img = load_images(train, masks=True, lane=args.copy_paste > 0)
     val_img = load_images(val)
     patches = pothole_patches(train_img) if args.copy_paste > 0 else []
@@ -767,10 +766,12 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         last.with_suffix(".tmp").replace(last)
     if refit is not None:
         best = (0.0, {**refit, "epoch": args.epochs})
+        summary = f"exported epoch {args.epochs}, thresholds from {args.refit} (val not measured)"
     else:
         assert best is not None
         net.load_state_dict(torch.load(args.out / "best.pt"))
         (args.out / "best.pt").unlink()
+        summary = f"best epoch {best[1]['epoch']}: {json.dumps(best[1]['val'])}"
     last.unlink()
     export(
         net.eval(),
@@ -786,10 +787,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             indent=1,
         )
     )
-    if refit is not None:
-        print(f"exported epoch {args.epochs}, thresholds from {args.refit} (val not measured)")
-    else:
-        print(f"best epoch {best[1]['epoch']}: {json.dumps(best[1]['val'])}")
+    print(summary)
 
 
 if __name__ == "__main__":
