@@ -33,7 +33,7 @@ truth is made from the masks (model.yaml ``output.masks``: pixels above a thresh
 picked on val, parts closer than the crack-region join distance one region); potholes
 always come from the centre-point boxes.
 
-Augmentation: random scale (0.7-1.3) and crop, horizontal flip, brightness/contrast/
+Augmentation: random scale (0.7-1.3, ``--scale``) and crop, horizontal flip, brightness/contrast/
 saturation jitter, occasional blur (``--photometric strong`` adds white balance, gamma,
 greyscale and sensor noise); frames with potholes are drawn twice as often (they
 are a quarter of the training frames). ``--copy-paste P`` (off by default) also blends
@@ -193,13 +193,23 @@ def augment(
     boxes: F32,
     classes: npt.NDArray[np.int64],
     rng: random.Random,
+    *,
     strong: bool = False,
+    scales: tuple[float, float] = (0.7, 1.3),
 ) -> tuple[U8, F32, npt.NDArray[np.int64]]:
-    s = rng.uniform(0.7, 1.3)
+    s = rng.uniform(*scales)
     h, w = img.shape[:2]
-    nw, nh = max(CROP[0], round(w * s)), max(CROP[1], round(h * s))
-    img = resize(img, (nw, nh), cv2.INTER_LINEAR)
-    boxes = boxes * np.asarray([nw / w, nh / h, nw / w, nh / h], np.float32)
+    sw, sh = round(w * s), round(h * s)
+    img = resize(img, (sw, sh), cv2.INTER_LINEAR)
+    boxes = boxes * np.asarray([sw / w, sh / h, sw / w, sh / h], np.float32)
+    nw, nh = max(CROP[0], sw), max(CROP[1], sh)
+    if (nw, nh) != (sw, sh):  # zoomed out below the crop: the frame on a grey canvas
+        px, py = rng.randint(0, nw - sw), rng.randint(0, nh - sh)
+        canvas = np.zeros((nh, nw, img.shape[2]), np.uint8)
+        canvas[:, :, :3] = img[:, :, :3].reshape(-1, 3).mean(axis=0).astype(np.uint8)
+        canvas[py : py + sh, px : px + sw] = img
+        img = canvas
+        boxes = boxes + np.asarray([px, py, px, py], np.float32)
     if len(boxes) and rng.random() < 0.7:  # crop around an object most of the time
         b = boxes[rng.randrange(len(boxes))]
         cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
@@ -224,6 +234,12 @@ def augment(
         img = img[:, ::-1]
         boxes = boxes.copy()
         boxes[:, [0, 2]] = CROP[0] - boxes[:, [2, 0]]
+    return photometric(img, rng, strong=strong), boxes, classes
+
+
+def photometric(img: U8, rng: random.Random, *, strong: bool) -> U8:
+    """Brightness, contrast, saturation and blur (`strong`: white balance, gamma, greyscale
+    and sensor noise too) of the RGB channels; the mask channels pass through."""
     x = img[:, :, :3].astype(np.float32)
     seg = img[:, :, 3:5]
     x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean() + rng.uniform(-30, 30)
@@ -244,7 +260,7 @@ def augment(
         x = cv2.GaussianBlur(x, (3, 3), 0)
     if seg.shape[2]:
         x = np.concatenate([x, seg], axis=2)
-    return np.ascontiguousarray(x), boxes, classes
+    return np.ascontiguousarray(x)
 
 
 def gaussian_radius(h: float, w: float, overlap: float = 0.7) -> float:
@@ -480,6 +496,17 @@ DESCRIPTION = (
 )
 
 
+def scale_range(text: str) -> tuple[float, float]:
+    """``LOW-HIGH``: the random zoom range of the training crops, 0.2 <= LOW <= HIGH <= 3."""
+    try:
+        low, high = (float(v) for v in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW-HIGH, e.g. 0.5-1.3") from None
+    if not 0.2 <= low <= high <= 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0.2 <= LOW <= HIGH <= 3")
+    return low, high
+
+
 def input_size(text: str) -> tuple[int, int]:
     """``WIDTHxHEIGHT``, both multiples of the output stride."""
     try:
@@ -591,6 +618,14 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         help="the model's input size, WIDTHxHEIGHT (default 640x400); frames are "
         "scaled to it for training as well",
     )
+    ap.add_argument(
+        "--scale",
+        type=scale_range,
+        default="0.7-1.3",
+        help="range of the random zoom of training crops, LOW-HIGH (default 0.7-1.3); "
+        "below about 0.6 whole frames are shrunk onto a grey canvas, which trains on "
+        "objects smaller than the training roads have",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("models/zoo/road_defect"))
@@ -701,7 +736,9 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
                 if patches and rng.random() < args.copy_paste:
                     img, b, c = paste_potholes(img, b, c, patches, rng, count=rng.randint(1, 3))
-                img, b, c = augment(img, b, c, rng, strong=args.photometric == "strong")
+                img, b, c = augment(
+                    img, b, c, rng, strong=args.photometric == "strong", scales=args.scale
+                )
                 h, bx, m = targets(b, c, gh, gw, stride=net.stride)
                 segs.append(seg_target(img, net.stride))
                 imgs.append(img)
