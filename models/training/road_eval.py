@@ -232,6 +232,38 @@ def by_highway(
     }
 
 
+def run_frames(model: LoadedModel, frames: list[Frame]) -> tuple[list[Prediction], list[float]]:
+    """Every detection the package gives on each frame down to a score of 0.05, regions not
+    joined (what AP50 is computed on), and the seconds each frame took."""
+    spec = model.spec
+    model.spec = spec.model_copy(
+        update={
+            "thresholds": spec.thresholds.model_copy(update={"score": 0.05, "per_class": {}}),
+            "regions": [],
+        }
+    )
+    preds: list[Prediction] = []
+    times = []
+    try:
+        for f in frames:
+            img = cv2.imread(str(f.image), cv2.IMREAD_COLOR)
+            if img is None:
+                raise SystemExit(f"{f.image}: cannot be read")
+            t = time.perf_counter()
+            dets = model.run(img)
+            times.append(time.perf_counter() - t)
+            preds.append(
+                (
+                    np.asarray([d.box for d in dets], np.float32).reshape(-1, 4),
+                    np.asarray([d.score for d in dets], np.float32),
+                    np.asarray([CLASSES.index(d.label) for d in dets], np.int64),
+                )
+            )
+    finally:
+        model.spec = spec
+    return preds, times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,27 +282,7 @@ def main() -> None:
     model = LoadedModel.load(args.model, threads=1)
     spec = model.spec
     regions = region_classes(spec)
-    floor = spec.model_copy(  # every candidate down to 0.05, regions not joined: for AP50
-        update={
-            "thresholds": spec.thresholds.model_copy(update={"score": 0.05, "per_class": {}}),
-            "regions": [],
-        }
-    )
-    model.spec = floor
-    preds: list[Prediction] = []
-    times = []
-    for f in frames:
-        img = cv2.imread(str(f.image), cv2.IMREAD_COLOR)
-        t = time.perf_counter()
-        dets = model.run(img)
-        times.append(time.perf_counter() - t)
-        preds.append(
-            (
-                np.asarray([d.box for d in dets], np.float32).reshape(-1, 4),
-                np.asarray([d.score for d in dets], np.float32),
-                np.asarray([CLASSES.index(d.label) for d in dets], np.int64),
-            )
-        )
+    preds, times = run_frames(model, frames)
     if args.pick:
         print(json.dumps(pick_thresholds(frames, preds, regions)))
         return

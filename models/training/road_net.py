@@ -172,33 +172,30 @@ class MobileRoadNet(CentreNet):
         return self.lat8(c8) + F.interpolate(p, size=c8.shape[-2:], mode="nearest")  # type: ignore[no-any-return]
 
 
-class Exported(nn.Module):
-    """A CentreNet with the head decoded into the YOLOv8 layout ``[1, 4 + C, N]``; with
-    `masks`, a second output: the segmentation head's probabilities ``[1, C, H/s, W/s]``
+class Decoder(nn.Module):
+    """The heads' logits decoded into the YOLOv8 layout ``[1, 4 + C, N]``; with the
+    segmentation logits, a second output: its probabilities ``[1, C, H/s, W/s]``
     (model.yaml ``output.masks``: region classes read from the mask), and each peak's
     score becomes the geometric mean of the peak and the highest mask probability of its
     class within one cell (the two heads agreeing ranks detections better: val pothole
     AP50 0.231 -> 0.256 for the stride-4 road model)."""
 
-    def __init__(self, net: CentreNet, height: int, width: int, masks: bool = False) -> None:
+    def __init__(self, stride: int, height: int, width: int) -> None:
         super().__init__()
-        self.net = net
-        self.masks = masks
-        self.stride = net.stride
-        gh, gw = height // net.stride, width // net.stride
+        self.stride = stride
+        gh, gw = height // stride, width // stride
         ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
         self.register_buffer("gx", xs.reshape(1, 1, -1).float())
         self.register_buffer("gy", ys.reshape(1, 1, -1).float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.masks:
-            heat, box, seg = self.net.forward_train(x)
-        else:
-            heat, box = self.net(x)
+    def decode(
+        self, heat: torch.Tensor, box: torch.Tensor, seg: torch.Tensor | None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The heads' logits (`seg` with `masks`) to the outputs."""
         scores = torch.sigmoid(heat)
         peaks = F.max_pool2d(scores, 3, 1, 1)
         scores = scores * (scores >= peaks).float()
-        if self.masks:  # confirmed by the segmentation head nearby: sqrt(peak x mask)
+        if seg is not None:  # confirmed by the segmentation head nearby: sqrt(peak x mask)
             mask = torch.sigmoid(seg)
             scores = torch.sqrt(scores * F.max_pool2d(mask, 3, 1, 1))
         b = box.flatten(2)
@@ -207,4 +204,21 @@ class Exported(nn.Module):
         w = torch.exp(b[:, 2:3].clamp(-4, 6)) * self.stride
         h = torch.exp(b[:, 3:4].clamp(-4, 6)) * self.stride
         detections = torch.cat([cx, cy, w, h, scores.flatten(2)], 1)
-        return (detections, mask) if self.masks else detections
+        return (detections, mask) if seg is not None else detections
+
+
+class Exported(Decoder):
+    """A CentreNet and its `Decoder`: images in, the package's outputs out (`masks`: the
+    segmentation probabilities as the second output)."""
+
+    def __init__(self, net: CentreNet, height: int, width: int, masks: bool = False) -> None:
+        super().__init__(net.stride, height, width)
+        self.net = net
+        self.masks = masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.masks:
+            heat, box, seg = self.net.forward_train(x)
+        else:
+            (heat, box), seg = self.net(x), None
+        return self.decode(heat, box, seg)

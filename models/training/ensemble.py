@@ -1,0 +1,211 @@
+"""Join road packages into one: their networks side by side in one ONNX graph, the heads
+averaged, decoded once (an ensemble a node runs as one model).
+
+    .venv-train/bin/python -m models.training.ensemble ../shared/data/road-dnit \\
+        models/zoo/road_defect /work/train-runs/scale45 --out /work/train-runs/ensemble
+
+Each package's graph is cut after its three head convolutions (the heat, box and
+segmentation logits of ``road_net.CentreNet``), its names prefixed, its input shared;
+the logits of the members are averaged and decoded by ``road_net.Decoder`` (the same
+decoding as one network's package). The crack-mask threshold and the per-class score
+thresholds are then chosen on ``val.txt`` through the product runtime, by the criterion
+``train_road`` selects checkpoints with (pothole AP50 + crack-region F1); ``test.txt`` is
+for ``road_eval`` afterwards. The members must be packages of the road recipe with crack
+regions from the mask, all at the same input size and output stride.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx.utils
+import torch
+import yaml
+
+from models.decoders import region_classes
+from models.runtime import LoadedModel
+from models.training.road_data import load_split
+from models.training.road_eval import evaluate, pick_thresholds, run_frames
+from models.training.road_net import Decoder
+from models.training.train_road import MASK_GRID
+
+HEADS = ("/heat/Conv_output_0", "/box/Conv_output_0", "/seg/Conv_output_0")
+INPUT_NAME = "images"
+
+
+class MeanDecoder(Decoder):
+    """The members' head logits (heat, box, seg of each, in that order) averaged, then
+    decoded as one network's."""
+
+    def __init__(self, members: int, stride: int, height: int, width: int) -> None:
+        super().__init__(stride, height, width)
+        self.members = members
+
+    def forward(self, *heads: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        heat, box, seg = (
+            torch.stack(heads[i::3]).mean(0) for i in range(3)
+        )  # heads: h0, b0, s0, h1, ...
+        return self.decode(heat, box, seg)
+
+
+def member_spec(path: Path) -> dict[str, Any]:
+    """A member's model.yaml, checked to be a road package with crack regions from the mask."""
+    try:
+        spec: dict[str, Any] = yaml.safe_load((path / "model.yaml").read_text())
+        masks = spec["output"]["masks"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{path}: not a road package with a crack mask ({exc})") from None
+    if masks is None or spec.get("output", {}).get("decoder") != "yolov8":
+        raise SystemExit(f"{path}: not a road package with a crack mask (output.masks)")
+    return spec
+
+
+def heads(path: Path, spec: dict[str, Any], prefix: str) -> onnx.ModelProto:
+    """The member's graph from the input to its head logits, every name prefixed except
+    the input's."""
+    model = onnx.load(str(path / spec["file"]))
+    produced = {o for n in model.graph.node for o in n.output}
+    missing = [h for h in HEADS if h not in produced]
+    if missing:
+        raise SystemExit(f"{path}: no {', '.join(missing)} in the graph (not a road_net export)")
+    model = onnx.shape_inference.infer_shapes(model)  # the extractor needs the heads typed
+    cut = onnx.utils.Extractor(model).extract_model([INPUT_NAME], list(HEADS))
+    cut = onnx.compose.add_prefix(cut, prefix)
+    for node in cut.graph.node:
+        node.input[:] = [INPUT_NAME if e == prefix + INPUT_NAME else e for e in node.input]
+    return cut
+
+
+def decoder_graph(members: int, stride: int, size: tuple[int, int]) -> onnx.ModelProto:
+    """`MeanDecoder` exported: inputs m{i}_heat, m{i}_box, m{i}_seg; outputs output0, masks."""
+    w, h = size
+    gh, gw = h // stride, w // stride
+    decoder = MeanDecoder(members, stride, h, w).eval()
+    names, example = [], []
+    for i in range(members):
+        for head, channels in (("heat", 2), ("box", 4), ("seg", 2)):
+            names.append(f"m{i}_{head}")
+            example.append(torch.zeros(1, channels, gh, gw))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "decoder.onnx"
+        torch.onnx.export(
+            decoder,
+            tuple(example),
+            str(path),
+            opset_version=17,
+            input_names=names,
+            output_names=["output0", "masks"],
+            dynamo=False,
+        )
+        return onnx.load(str(path))
+
+
+def join(paths: list[Path], specs: list[dict[str, Any]], stride: int) -> onnx.ModelProto:
+    """One graph: every member's cut graph on the shared input, then the mean decoder."""
+    size = tuple(specs[0]["input"]["size"])
+    if any(tuple(s["input"]["size"]) != size for s in specs):
+        raise SystemExit("the members' input sizes differ: " + ", ".join(map(str, paths)))
+    cuts = [heads(p, s, f"m{i}/") for i, (p, s) in enumerate(zip(paths, specs, strict=True))]
+    decoder = decoder_graph(len(paths), stride, (size[0], size[1]))
+    feeds = {
+        f"m{i}_{head}": f"m{i}/{HEADS[k]}"
+        for i in range(len(paths))
+        for k, head in enumerate(("heat", "box", "seg"))
+    }
+    for node in decoder.graph.node:
+        node.input[:] = [feeds.get(e, e) for e in node.input]
+    images = onnx.ValueInfoProto()
+    images.CopyFrom(cuts[0].graph.input[0])
+    images.name = INPUT_NAME
+    graph = onnx.helper.make_graph(
+        [n for c in cuts for n in c.graph.node] + list(decoder.graph.node),
+        "road-ensemble",
+        [images],
+        list(decoder.graph.output),
+        [t for c in cuts for t in c.graph.initializer] + list(decoder.graph.initializer),
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def write(out: Path, model: onnx.ModelProto, spec: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.onnx"
+    onnx.save(model, str(path))
+    spec["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def choose(out: Path, data: Path) -> dict[str, Any]:
+    """The crack-mask threshold and score thresholds with the best pothole AP50 + crack F1
+    on val.txt, through the runtime; written into out/model.yaml."""
+    frames = load_split(data, "val")
+    model = LoadedModel.load(out, threads=2)
+    base = model.spec
+    masks = base.output.masks
+    assert masks is not None  # member_spec checked it
+    regions = region_classes(base)
+    best: dict[str, Any] | None = None
+    for t in MASK_GRID:
+        output = base.output.model_copy(update={"masks": masks.model_copy(update={"threshold": t})})
+        model.spec = base.model_copy(update={"output": output})
+        preds, _ = run_frames(model, frames)
+        thresholds = pick_thresholds(frames, preds, regions)
+        figures = evaluate(frames, preds, thresholds, regions)
+        score = figures["pothole"]["ap50"] + figures["crack"]["f1"]
+        print(json.dumps({"mask_threshold": t, "criterion": round(score, 4)} | figures), flush=True)
+        if best is None or score > best["criterion"]:
+            best = {"criterion": score, "mask_threshold": t}
+            best |= {"thresholds": thresholds, "val": figures}
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("data", type=Path, help="the road-dnit folder (val.txt chooses the thresholds)")
+    ap.add_argument("members", type=Path, nargs="+", help="road packages (folders with model.yaml)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stride", type=int, default=8, help="the members' output stride")
+    args = ap.parse_args()
+    if len(args.members) < 2:
+        raise SystemExit("an ensemble needs two or more packages")
+    specs = [member_spec(p) for p in args.members]
+    spec = dict(specs[0])
+    spec |= {
+        "name": "road-defect",
+        "version": time.strftime("%Y.%m.%d"),
+        "description": (
+            f"An ensemble of {len(specs)} road networks (heads averaged) for cracks (crack "
+            "regions) and potholes from a forward-looking vehicle camera; trained on the "
+            "road-dnit frames (Passos et al., doi:10.17632/t576ydh9v8.4) by "
+            "models/training/train_road.py, joined by models/training/ensemble.py."
+        ),
+    }
+    write(args.out, join(args.members, specs, args.stride), spec)
+    best = choose(args.out, args.data)
+    thresholds = best["thresholds"]
+    spec["output"]["masks"]["threshold"] = best["mask_threshold"]
+    spec["thresholds"] = spec["thresholds"] | {
+        "score": min(thresholds.values()),
+        "per_class": thresholds,
+    }
+    write(args.out, onnx.load(str(args.out / "model.onnx")), spec)
+    log = {"members": [str(p) for p in args.members]} | best
+    (args.out / "ensemble-log.json").write_text(json.dumps(log, indent=1))
+    print(json.dumps(log), flush=True)
+
+
+if __name__ == "__main__":
+    main()
