@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -111,3 +112,40 @@ def test_figures_per_highway_come_from_that_highways_frames_only() -> None:
     # all frames together: two of the three found
     overall = evaluate(frames, preds, {"crack": 0.5, "pothole": 0.5})["pothole"]
     assert overall["recall"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_run_frames_gives_every_candidate_down_to_the_floor_and_restores_the_package(
+    tmp_path: Path,
+) -> None:
+    from models.runtime import LoadedModel
+    from models.training.road_eval import run_frames
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for i in range(2):
+        img = rng.normal(110, 25, (500, 800, 3)).clip(0, 255).astype(np.uint8)
+        cv2.ellipse(img, (300 + 100 * i, 380), (40, 18), 0, 0, 360, (35, 30, 28), -1)
+        cv2.line(img, (100, 300), (500, 250 + 40 * i), (20, 20, 20), 3)
+        path = tmp_path / f"f{i}_RAW.jpg"
+        cv2.imwrite(str(path), img)
+        frames.append(Frame(f"f{i}", path, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)))
+    model = LoadedModel.load(Path("models/zoo/road_defect"), threads=1)
+    spec = model.spec
+    preds, times = run_frames(model, frames)
+    assert model.spec is spec
+    assert len(preds) == len(times) == 2
+    for (boxes, scores, classes), f in zip(preds, frames, strict=True):
+        assert len(boxes) == len(scores) == len(classes)
+        assert (scores >= 0.05).all()
+        # below the package's thresholds: the floor applies, not the package's thresholds
+        threshold = spec.score_threshold(1)
+        assert scores.min() < threshold
+        # at the package's threshold, the potholes the node reports
+        potholes = [d for d in model.run(cv2.imread(str(f.image))) if d.label == "pothole"]
+        assert len(potholes) == int((scores[classes == 1] >= threshold).sum())
+    missing = Frame(
+        "gone", tmp_path / "gone_RAW.jpg", np.zeros((0, 4), np.float32), frames[0].classes
+    )
+    with pytest.raises(SystemExit, match=r"gone_RAW\.jpg: cannot be read"):
+        run_frames(model, [missing])
+    assert model.spec is spec
