@@ -1,13 +1,14 @@
 """Join road packages into one: their networks side by side in one ONNX graph, the heads
 averaged, decoded once (an ensemble a node runs as one model).
 
-    .venv-train/bin/python -m models.training.ensemble ../shared/data/road-dnit \\
+    .venv/bin/python -m models.training.ensemble ../shared/data/road-dnit \\
         models/zoo/road_defect /work/train-runs/scale45 --out /work/train-runs/ensemble
 
 Each package's graph is cut after its three head convolutions (the heat, box and
 segmentation logits of ``road_net.CentreNet``), its names prefixed, its input shared;
-the logits of the members are averaged and decoded by ``road_net.Decoder`` (the same
-decoding as one network's package). The crack-mask threshold and the per-class score
+the logits of the members are averaged (ONNX ``Mean``) and decoded by the first member's
+own decoding subgraph (``road_net.Decoder`` as exported), so the ensemble decodes exactly
+as one network's package does. Needs no torch. The crack-mask threshold and the per-class score
 thresholds are then chosen on ``val.txt`` through the product runtime, by the criterion
 ``train_road`` selects checkpoints with (pothole AP50 + crack-region F1); ``test.txt`` is
 for ``road_eval`` afterwards. The members must be packages of the road recipe with crack
@@ -19,40 +20,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import onnx
 import onnx.utils
-import torch
 import yaml
 
 from models.decoders import region_classes
 from models.runtime import LoadedModel
 from models.training.road_data import load_split
-from models.training.road_eval import evaluate, pick_thresholds, run_frames
-from models.training.road_net import Decoder
-from models.training.train_road import MASK_GRID
+from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds, run_frames
 
 HEADS = ("/heat/Conv_output_0", "/box/Conv_output_0", "/seg/Conv_output_0")
 INPUT_NAME = "images"
-
-
-class MeanDecoder(Decoder):
-    """The members' head logits (heat, box, seg of each, in that order) averaged, then
-    decoded as one network's."""
-
-    def __init__(self, members: int, stride: int, height: int, width: int) -> None:
-        super().__init__(stride, height, width)
-        self.members = members
-
-    def forward(self, *heads: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        heat, box, seg = (
-            torch.stack(heads[i::3]).mean(0) for i in range(3)
-        )  # heads: h0, b0, s0, h1, ...
-        return self.decode(heat, box, seg)
 
 
 def member_spec(path: Path) -> dict[str, Any]:
@@ -83,49 +65,41 @@ def heads(path: Path, spec: dict[str, Any], prefix: str) -> onnx.ModelProto:
     return cut
 
 
-def decoder_graph(members: int, stride: int, size: tuple[int, int]) -> onnx.ModelProto:
-    """`MeanDecoder` exported: inputs m{i}_heat, m{i}_box, m{i}_seg; outputs output0, masks."""
-    w, h = size
-    gh, gw = h // stride, w // stride
-    decoder = MeanDecoder(members, stride, h, w).eval()
-    names, example = [], []
-    for i in range(members):
-        for head, channels in (("heat", 2), ("box", 4), ("seg", 2)):
-            names.append(f"m{i}_{head}")
-            example.append(torch.zeros(1, channels, gh, gw))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "decoder.onnx"
-        torch.onnx.export(
-            decoder,
-            tuple(example),
-            str(path),
-            opset_version=17,
-            input_names=names,
-            output_names=["output0", "masks"],
-            dynamo=False,
-        )
-        return onnx.load(str(path))
+def decoder_graph(path: Path, spec: dict[str, Any]) -> onnx.ModelProto:
+    """A member's graph from its head logits to its outputs (``road_net.Decoder`` as
+    exported): the decoding every member shares, run once on the averaged logits."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path / spec["file"])))
+    outputs = [o.name for o in model.graph.output]
+    return onnx.utils.Extractor(model).extract_model(list(HEADS), outputs)
 
 
-def join(paths: list[Path], specs: list[dict[str, Any]], stride: int) -> onnx.ModelProto:
+def join(paths: list[Path], specs: list[dict[str, Any]]) -> onnx.ModelProto:
     """One graph: every member's cut graph on the shared input, then the mean decoder."""
     size = tuple(specs[0]["input"]["size"])
     if any(tuple(s["input"]["size"]) != size for s in specs):
         raise SystemExit("the members' input sizes differ: " + ", ".join(map(str, paths)))
     cuts = [heads(p, s, f"m{i}/") for i, (p, s) in enumerate(zip(paths, specs, strict=True))]
-    decoder = decoder_graph(len(paths), stride, (size[0], size[1]))
-    feeds = {
-        f"m{i}_{head}": f"m{i}/{HEADS[k]}"
-        for i in range(len(paths))
-        for k, head in enumerate(("heat", "box", "seg"))
-    }
-    for node in decoder.graph.node:
-        node.input[:] = [feeds.get(e, e) for e in node.input]
+    shapes = [  # channels, height, width of each head (the batch may be symbolic)
+        [[d.dim_value for d in o.type.tensor_type.shape.dim[1:]] for o in c.graph.output]
+        for c in cuts
+    ]
+    if any(s != shapes[0] for s in shapes):
+        raise SystemExit(
+            "the members' heads differ in shape (output stride or classes): "
+            + ", ".join(map(str, paths))
+        )
+    decoder = decoder_graph(paths[0], specs[0])
+    means = [
+        onnx.helper.make_node(
+            "Mean", [f"m{i}/{head}" for i in range(len(paths))], [head], name=f"mean{head}"
+        )
+        for head in HEADS
+    ]
     images = onnx.ValueInfoProto()
     images.CopyFrom(cuts[0].graph.input[0])
     images.name = INPUT_NAME
     graph = onnx.helper.make_graph(
-        [n for c in cuts for n in c.graph.node] + list(decoder.graph.node),
+        [n for c in cuts for n in c.graph.node] + means + list(decoder.graph.node),
         "road-ensemble",
         [images],
         list(decoder.graph.output),
@@ -177,7 +151,6 @@ def main() -> None:
     ap.add_argument("data", type=Path, help="the road-dnit folder (val.txt chooses the thresholds)")
     ap.add_argument("members", type=Path, nargs="+", help="road packages (folders with model.yaml)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stride", type=int, default=8, help="the members' output stride")
     args = ap.parse_args()
     if len(args.members) < 2:
         raise SystemExit("an ensemble needs two or more packages")
@@ -193,7 +166,7 @@ def main() -> None:
             "models/training/train_road.py, joined by models/training/ensemble.py."
         ),
     }
-    write(args.out, join(args.members, specs, args.stride), spec)
+    write(args.out, join(args.members, specs), spec)
     best = choose(args.out, args.data)
     thresholds = best["thresholds"]
     spec["output"]["masks"]["threshold"] = best["mask_threshold"]

@@ -71,7 +71,7 @@ from models.training.road_data import (
     Frame,
     load_split,
 )
-from models.training.road_eval import evaluate, pick_thresholds
+from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds
 from models.training.road_net import STRIDE, CentreNet, Exported, MobileRoadNet, RoadNet
 
 INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
@@ -326,7 +326,6 @@ def to_tensor(images: list[U8]) -> torch.Tensor:
 
 
 Prediction = tuple[F32, F32, npt.NDArray[np.int64]]
-MASK_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)  # crack-mask thresholds tried on val
 MASK_MIN_PIXELS = 32  # input pixels: smaller crack groups are specks
 
 

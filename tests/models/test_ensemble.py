@@ -1,0 +1,79 @@
+"""Road packages joined into one graph (models.training.ensemble) with the shipped road
+packages: the heads averaged, decoded once, and the result a package the runtime runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from models.package import ModelError
+from models.runtime import LoadedModel
+from models.training.ensemble import join, member_spec, write
+
+ROAD = Path("models/zoo/road_defect")
+ROAD_INT8 = Path("models/zoo/road_defect_int8")
+
+
+def outputs(model: bytes | str, x: np.ndarray) -> list[np.ndarray]:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"images": x})  # type: ignore[no-any-return]
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = p.astype(np.float64).clip(1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(5).random((1, 3, 400, 640), dtype=np.float32)
+
+
+def test_a_package_joined_with_itself_gives_its_own_outputs(image: np.ndarray) -> None:
+    spec = member_spec(ROAD)
+    joined = join([ROAD, ROAD], [spec, spec])
+    alone = outputs(str(ROAD / "model.onnx"), image)
+    both = outputs(joined.SerializeToString(), image)
+    assert [a.shape for a in alone] == [b.shape for b in both] == [(1, 6, 4000), (1, 2, 50, 80)]
+    for a, b in zip(alone, both, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_members_segmentation_logits_are_averaged(image: np.ndarray) -> None:
+    joined = join([ROAD, ROAD_INT8], [member_spec(ROAD), member_spec(ROAD_INT8)])
+    _, mask_a = outputs(str(ROAD / "model.onnx"), image)
+    _, mask_b = outputs(str(ROAD_INT8 / "model.onnx"), image)
+    _, mask = outputs(joined.SerializeToString(), image)
+    assert not np.allclose(mask_a, mask_b, atol=1e-3)  # two different members
+    expected = 1 / (1 + np.exp(-(logit(mask_a) + logit(mask_b)) / 2))
+    np.testing.assert_allclose(mask, expected, atol=1e-4)
+
+
+def test_the_joined_package_loads_and_runs_in_the_runtime(tmp_path: Path) -> None:
+    spec = member_spec(ROAD)
+    write(tmp_path, join([ROAD, ROAD_INT8], [spec, member_spec(ROAD_INT8)]), dict(spec))
+    model = LoadedModel.load(tmp_path, threads=1)
+    frame = np.full((500, 800, 3), 105, np.uint8)
+    cv2.ellipse(frame, (400, 380), (60, 25), 0, 0, 360, (30, 28, 26), -1)
+    detections = model.run(frame)
+    assert all(d.label in {"crack", "pothole"} for d in detections)
+    assert model.spec.output.masks is not None
+    # the file is verified against the sha256 written with it: a changed byte is refused
+    data = bytearray((tmp_path / "model.onnx").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        LoadedModel.load(tmp_path, threads=1)
+
+
+def test_a_package_without_a_crack_mask_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="not a road package with a crack mask"):
+        member_spec(Path("models/zoo/aerial"))
+    shutil.copytree(ROAD, tmp_path / "road")
+    (tmp_path / "road" / "model.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(SystemExit, match="not a road package"):
+        member_spec(tmp_path / "road")
