@@ -15,8 +15,9 @@ from models.package import ModelError
 from models.runtime import LoadedModel
 from models.training.ensemble import join, member_spec, write
 
-ROAD = Path("models/zoo/road_defect")
-ROAD_INT8 = Path("models/zoo/road_defect_int8")
+ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
+ROAD = ZOO / "road_defect"
+ROAD_INT8 = ZOO / "road_defect_int8"
 
 
 def outputs(model: bytes | str, x: np.ndarray) -> list[np.ndarray]:
@@ -72,7 +73,7 @@ def test_the_joined_package_loads_and_runs_in_the_runtime(tmp_path: Path) -> Non
 
 def test_a_package_without_a_crack_mask_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not a road package with a crack mask"):
-        member_spec(Path("models/zoo/aerial"))
+        member_spec(ZOO / "aerial")
     shutil.copytree(ROAD, tmp_path / "road")
     (tmp_path / "road" / "model.yaml").write_text("name: [unclosed\n")
     with pytest.raises(SystemExit, match="not a road package"):

@@ -19,6 +19,8 @@ from models.training.road_eval import (
     recall_by_area,
 )
 
+ROAD = Path(__file__).resolve().parents[2] / "models" / "zoo" / "road_defect"
+
 
 def frame(*boxes: tuple[float, float, float, float, int], name: str = "f") -> Frame:
     return Frame(
@@ -129,7 +131,7 @@ def test_run_frames_gives_every_candidate_down_to_the_floor_and_restores_the_pac
         path = tmp_path / f"f{i}_RAW.jpg"
         cv2.imwrite(str(path), img)
         frames.append(Frame(f"f{i}", path, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)))
-    model = LoadedModel.load(Path("models/zoo/road_defect"), threads=1)
+    model = LoadedModel.load(ROAD, threads=1)
     spec = model.spec
     preds, times = run_frames(model, frames)
     assert model.spec is spec
