@@ -44,20 +44,24 @@ def member_spec(path: Path) -> dict[str, Any]:
         masks = spec["output"]["masks"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise SystemExit(f"{path}: not a road package with a crack mask ({exc})") from None
-    if masks is None or spec.get("output", {}).get("decoder") != "yolov8":
+    if masks is None or spec["output"].get("decoder") != "yolov8":
         raise SystemExit(f"{path}: not a road package with a crack mask (output.masks)")
     return spec
 
 
-def heads(path: Path, spec: dict[str, Any], prefix: str) -> onnx.ModelProto:
-    """The member's graph from the input to its head logits, every name prefixed except
-    the input's."""
+def graph_of(path: Path, spec: dict[str, Any]) -> onnx.ModelProto:
+    """A member's ONNX graph, checked to have the road heads, its tensors typed (the
+    extractor needs the heads' types)."""
     model = onnx.load(str(path / spec["file"]))
     produced = {o for n in model.graph.node for o in n.output}
     missing = [h for h in HEADS if h not in produced]
     if missing:
         raise SystemExit(f"{path}: no {', '.join(missing)} in the graph (not a road_net export)")
-    model = onnx.shape_inference.infer_shapes(model)  # the extractor needs the heads typed
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def heads(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
+    """The graph from the input to the head logits, every name prefixed except the input's."""
     cut = onnx.utils.Extractor(model).extract_model([INPUT_NAME], list(HEADS))
     cut = onnx.compose.add_prefix(cut, prefix)
     for node in cut.graph.node:
@@ -65,10 +69,9 @@ def heads(path: Path, spec: dict[str, Any], prefix: str) -> onnx.ModelProto:
     return cut
 
 
-def decoder_graph(path: Path, spec: dict[str, Any]) -> onnx.ModelProto:
-    """A member's graph from its head logits to its outputs (``road_net.Decoder`` as
-    exported): the decoding every member shares, run once on the averaged logits."""
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path / spec["file"])))
+def decoder_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph from the head logits to the outputs (``road_net.Decoder`` as exported):
+    the decoding every member shares, run once on the averaged logits."""
     outputs = [o.name for o in model.graph.output]
     return onnx.utils.Extractor(model).extract_model(list(HEADS), outputs)
 
@@ -78,7 +81,8 @@ def join(paths: list[Path], specs: list[dict[str, Any]]) -> onnx.ModelProto:
     size = tuple(specs[0]["input"]["size"])
     if any(tuple(s["input"]["size"]) != size for s in specs):
         raise SystemExit("the members' input sizes differ: " + ", ".join(map(str, paths)))
-    cuts = [heads(p, s, f"m{i}/") for i, (p, s) in enumerate(zip(paths, specs, strict=True))]
+    graphs = [graph_of(p, s) for p, s in zip(paths, specs, strict=True)]
+    cuts = [heads(g, f"m{i}/") for i, g in enumerate(graphs)]
     shapes = [  # channels, height, width of each head (the batch may be symbolic)
         [[d.dim_value for d in o.type.tensor_type.shape.dim[1:]] for o in c.graph.output]
         for c in cuts
@@ -88,7 +92,7 @@ def join(paths: list[Path], specs: list[dict[str, Any]]) -> onnx.ModelProto:
             "the members' heads differ in shape (output stride or classes): "
             + ", ".join(map(str, paths))
         )
-    decoder = decoder_graph(paths[0], specs[0])
+    decoder = decoder_graph(graphs[0])
     means = [
         onnx.helper.make_node(
             "Mean", [f"m{i}/{head}" for i in range(len(paths))], [head], name=f"mean{head}"
@@ -166,7 +170,8 @@ def main() -> None:
             "models/training/train_road.py, joined by models/training/ensemble.py."
         ),
     }
-    write(args.out, join(args.members, specs), spec)
+    model = join(args.members, specs)
+    write(args.out, model, spec)
     best = choose(args.out, args.data)
     thresholds = best["thresholds"]
     spec["output"]["masks"]["threshold"] = best["mask_threshold"]
@@ -174,7 +179,7 @@ def main() -> None:
         "score": min(thresholds.values()),
         "per_class": thresholds,
     }
-    write(args.out, onnx.load(str(args.out / "model.onnx")), spec)
+    write(args.out, model, spec)
     log = {"members": [str(p) for p in args.members]} | best
     (args.out / "ensemble-log.json").write_text(json.dumps(log, indent=1))
     print(json.dumps(log), flush=True)
