@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import cv2
 import numpy as np
 import onnxruntime as ort
+import yaml
 
 from drivers.camera.driver import CameraConfig, CameraDriver
 from firmware_sim.camera import CameraServer, street
@@ -149,8 +151,19 @@ async def through_node(
         return cam.inferred - first, time.perf_counter() - started
 
 
+def eager(model_dir: Path, tmp: Path) -> Path:
+    """A copy of the package that reports everything down to a score of 0.05: the latency
+    is timed on detections, and a precise model finds little in the simulated street."""
+    copy = shutil.copytree(model_dir, tmp / "eager-model")
+    spec = yaml.safe_load((copy / "model.yaml").read_text())
+    spec["thresholds"] = spec.get("thresholds", {}) | {"score": 0.05, "per_class": {}}
+    (copy / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return copy
+
+
 async def latency(tmp: Path, model_dir: Path, seconds: float) -> list[float]:
     out: list[float] = []
+    model_dir = eager(model_dir, tmp)
     with CameraServer(fps=15, size=(640, 480)) as server:
         cfg = node_config(
             tmp / "data-latency",
@@ -226,7 +239,10 @@ async def main() -> None:
         print(
             f"frame -> detection on the bus, live MJPEG camera at 5 frames/s ({len(lat)} frames):"
         )
-        print(f"  p50 {1000 * pct(lat, 50):.1f} ms, p95 {1000 * pct(lat, 95):.1f} ms")
+        if lat:
+            print(f"  p50 {1000 * pct(lat, 50):.1f} ms, p95 {1000 * pct(lat, 95):.1f} ms")
+        else:
+            print("  no detections at a score of 0.05: no latency to report")
 
         on = await cpu(tmp, model_dir, args.seconds, gate=True)
         off = await cpu(tmp, model_dir, args.seconds, gate=False)

@@ -126,16 +126,22 @@ def mask_groups(prob: F32, threshold: float, join: int, min_pixels: int) -> tupl
     parts closer than `join` pixels (an elliptical dilation) are one group; groups of fewer
     than `min_pixels` pixels are dropped. Returns each group's box (x1, y1, x2, y2: the
     bounding box of its own pixels, not of the dilation) and score (its highest probability)."""
-    on = (prob >= threshold).astype(np.uint8)
-    ys, xs = np.nonzero(on)
+    ys, xs = np.nonzero(prob >= threshold)
     if not len(xs):
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    # grouped within the pixels' extent plus the join distance: the same groups as on the
+    # whole map (nothing outside can join them), a fraction of the work on most frames
+    h, w = prob.shape
+    x0, y0 = max(int(xs.min()) - join, 0), max(int(ys.min()) - join, 0)
+    x1, y1 = min(int(xs.max()) + join + 1, w), min(int(ys.max()) + join + 1, h)
+    on = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    on[ys - y0, xs - x0] = 1
     if join > 1:
         on = np.asarray(
             cv2.dilate(on, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (join, join))), np.uint8
         )
     _, labels = cv2.connectedComponents(on, connectivity=8)
-    group = np.asarray(labels, np.int64)[ys, xs]
+    group = np.asarray(labels, np.int64)[ys - y0, xs - x0]
     order = np.argsort(group, kind="stable")
     group, xs, ys = group[order], xs[order], ys[order]
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # one run per group
@@ -173,9 +179,13 @@ def mask_detections(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec)
     parts = []
     for name in masks.classes:
         cls = spec.classes.index(name)
+        if prob[0, cls].max() < masks.threshold:  # nor can any pixel scaled from it
+            continue
         scaled = cv2.resize(prob[0, cls], size, interpolation=cv2.INTER_LINEAR)
         boxes, scores = mask_groups(scaled, masks.threshold, masks.join, masks.min_pixels)
         parts.append(Decoded(boxes, scores, np.full(len(scores), cls, np.int32)))
+    if not parts:
+        return Decoded.empty()
     return Decoded(
         np.concatenate([p.boxes for p in parts]),
         np.concatenate([p.scores for p in parts]),

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from models.decoders import Decoded, DecodeError, classification, end2end, nms, yolov5, yolov8
+from models.decoders import (
+    Decoded,
+    DecodeError,
+    classification,
+    end2end,
+    mask_groups,
+    nms,
+    yolov5,
+    yolov8,
+)
 from models.package import ModelSpec
 
 CLASSES = ["crack", "pothole", "manhole"]
@@ -203,3 +213,44 @@ def test_mask_output_errors_are_named() -> None:
             task="classify",
             output={"decoder": "classification", "masks": {"classes": ["crack"]}},
         )
+
+
+def whole_map_groups(
+    prob: np.ndarray, threshold: float, join: int, min_pixels: int
+) -> list[tuple[float, ...]]:
+    """The grouping as defined: dilate the whole map, label, one group per label."""
+    on = (prob >= threshold).astype(np.uint8)
+    if join > 1:
+        on = cv2.dilate(on, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (join, join)))
+    n, labels = cv2.connectedComponents(on, connectivity=8)
+    out = []
+    for label in range(1, n):
+        ys, xs = np.nonzero((labels == label) & (prob >= threshold))
+        if len(xs) >= min_pixels:
+            box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            out.append((*map(float, box), round(float(prob[ys, xs].max()), 6)))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mask_groups_match_the_whole_map_definition(seed: int) -> None:
+    """mask_groups works on the pixels' extent only; its groups are those of dilating and
+    labelling the whole map, also for pixels at the edges and groups joined near them."""
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(20, 120)), int(rng.integers(20, 160))
+    prob = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(1, 6))):  # blobs and lines, some touching the edges
+        x, y = int(rng.integers(-5, w)), int(rng.integers(-5, h))
+        dx, dy = int(rng.integers(1, 30)), int(rng.integers(1, 8))
+        prob[max(y, 0) : y + dy, max(x, 0) : x + dx] = rng.uniform(0.3, 1.0)
+    prob += rng.uniform(0, 0.2, prob.shape).astype(np.float32)
+    join, min_pixels = int(rng.choice([1, 5, 9, 33])), int(rng.integers(1, 20))
+    boxes, scores = mask_groups(prob, 0.5, join, min_pixels)
+    got = sorted((*map(float, b), round(float(s), 6)) for b, s in zip(boxes, scores, strict=True))
+    assert got == whole_map_groups(prob, 0.5, join, min_pixels)
+
+
+def test_a_map_with_nothing_over_the_threshold_gives_no_regions() -> None:
+    prob = np.full((1, 3, 8, 8), 0.49, np.float32)
+    rows = np.zeros((1, 7, 0), np.float32)
+    assert len(yolov8([rows, prob], mask_spec(threshold=0.5))) == 0
