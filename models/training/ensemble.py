@@ -8,10 +8,13 @@ Each package's graph is cut after its three head convolutions (the heat, box and
 segmentation logits of ``road_net.CentreNet``), its names prefixed, its input shared;
 the logits of the members are averaged (ONNX ``Mean``) and decoded by the first member's
 own decoding subgraph (``road_net.Decoder`` as exported), so the ensemble decodes exactly
-as one network's package does. Needs no torch. The crack-mask threshold and the per-class score
-thresholds are then chosen on ``val.txt`` through the product runtime, by the criterion
-``train_road`` selects checkpoints with (pothole AP50 + crack-region F1); ``test.txt`` is
-for ``road_eval`` afterwards. The members must be packages of the road recipe with crack
+as one network's package does. A member may itself be an ensemble: it is weighted by the
+number of networks in it (recorded in the graph's metadata as ``networks``), so that
+adding a network to a shipped ensemble gives the plain average of all the networks.
+Needs no torch. The crack-mask threshold and the per-class score thresholds are then
+chosen on ``val.txt`` through the product runtime, by the criterion ``train_road``
+selects checkpoints with (pothole AP50 + crack-region F1); ``test.txt`` is for
+``road_eval`` afterwards. The members must be packages of the road recipe with crack
 regions from the mask, all at the same input size and output stride.
 """
 
@@ -35,6 +38,7 @@ from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds, run_
 
 HEADS = ("/heat/Conv_output_0", "/box/Conv_output_0", "/seg/Conv_output_0")
 INPUT_NAME = "images"
+NETWORKS = "networks"  # metadata key: how many networks an ensemble averages
 
 
 def member_spec(path: Path) -> dict[str, Any]:
@@ -58,6 +62,42 @@ def graph_of(path: Path, spec: dict[str, Any]) -> onnx.ModelProto:
     if missing:
         raise SystemExit(f"{path}: no {', '.join(missing)} in the graph (not a road_net export)")
     return onnx.shape_inference.infer_shapes(model)
+
+
+def networks(model: onnx.ModelProto) -> int:
+    """How many networks a member's heads average: the ``networks`` metadata an ensemble
+    is written with, else the inputs of the ``Mean`` that makes its heat logits (an
+    ensemble joined before the metadata existed), else one."""
+    for prop in model.metadata_props:
+        if prop.key == NETWORKS:
+            if not prop.value.isdigit() or int(prop.value) < 1:
+                raise SystemExit(f"metadata {NETWORKS}={prop.value!r} is not a count of networks")
+            return int(prop.value)
+    for node in model.graph.node:
+        if HEADS[0] in node.output:
+            return len(node.input) if node.op_type == "Mean" else 1
+    return 1
+
+
+def average(head: str, weights: list[int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The members' logits of `head` averaged, each member weighted by its networks."""
+    inputs = [f"m{i}/{head}" for i in range(len(weights))]
+    if len(set(weights)) == 1:
+        return [onnx.helper.make_node("Mean", inputs, [head], name=f"mean{head}")], []
+    total = sum(weights)
+    nodes, constants, scaled = [], [], []
+    for i, (name, w) in enumerate(zip(inputs, weights, strict=True)):
+        constants.append(
+            onnx.helper.make_tensor(f"w{i}{head}", onnx.TensorProto.FLOAT, [], [w / total])
+        )
+        scaled.append(f"{name}*w")
+        nodes.append(
+            onnx.helper.make_node(
+                "Mul", [name, f"w{i}{head}"], [scaled[-1]], name=f"weigh{i}{head}"
+            )
+        )
+    nodes.append(onnx.helper.make_node("Sum", scaled, [head], name=f"mean{head}"))
+    return nodes, constants
 
 
 def heads(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
@@ -93,23 +133,24 @@ def join(paths: list[Path], specs: list[dict[str, Any]]) -> onnx.ModelProto:
             + ", ".join(map(str, paths))
         )
     decoder = decoder_graph(graphs[0])
-    means = [
-        onnx.helper.make_node(
-            "Mean", [f"m{i}/{head}" for i in range(len(paths))], [head], name=f"mean{head}"
-        )
-        for head in HEADS
-    ]
+    weights = [networks(g) for g in graphs]
+    means = [average(head, weights) for head in HEADS]
     images = onnx.ValueInfoProto()
     images.CopyFrom(cuts[0].graph.input[0])
     images.name = INPUT_NAME
     graph = onnx.helper.make_graph(
-        [n for c in cuts for n in c.graph.node] + means + list(decoder.graph.node),
+        [n for c in cuts for n in c.graph.node]
+        + [n for nodes, _ in means for n in nodes]
+        + list(decoder.graph.node),
         "road-ensemble",
         [images],
         list(decoder.graph.output),
-        [t for c in cuts for t in c.graph.initializer] + list(decoder.graph.initializer),
+        [t for c in cuts for t in c.graph.initializer]
+        + [t for _, constants in means for t in constants]
+        + list(decoder.graph.initializer),
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.helper.set_model_props(model, {NETWORKS: str(sum(weights))})
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -13,7 +13,7 @@ import pytest
 
 from models.package import ModelError
 from models.runtime import LoadedModel
-from models.training.ensemble import join, member_spec, write
+from models.training.ensemble import NETWORKS, join, member_spec, networks, write
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 ROAD = ZOO / "road_defect"
@@ -52,6 +52,29 @@ def test_the_members_segmentation_logits_are_averaged(image: np.ndarray) -> None
     assert not np.allclose(mask_a, mask_b, atol=1e-3)  # two different members
     expected = 1 / (1 + np.exp(-(logit(mask_a) + logit(mask_b)) / 2))
     np.testing.assert_allclose(mask, expected, atol=1e-4)
+
+
+def test_an_ensemble_member_counts_as_its_networks(tmp_path: Path, image: np.ndarray) -> None:
+    """The shipped package averages three networks; joined with another three-network
+    package it makes six, and joining that with the first again weighs them 6:3, which is
+    the plain average of all nine networks."""
+    a, b = member_spec(ROAD), member_spec(ROAD_INT8)
+    six = join([ROAD, ROAD_INT8], [a, b])
+    assert networks(six) == 6
+    write(tmp_path, six, dict(a))
+    nine = join([tmp_path, ROAD], [a, a])
+    assert networks(nine) == 9
+    _, mask_a = outputs(str(ROAD / "model.onnx"), image)
+    _, mask_b = outputs(str(ROAD_INT8 / "model.onnx"), image)
+    _, mask = outputs(nine.SerializeToString(), image)
+    expected = 1 / (1 + np.exp(-(6 * logit(mask_a) + 3 * logit(mask_b)) / 9))
+    np.testing.assert_allclose(mask, expected, atol=1e-4)
+    unweighted = 1 / (1 + np.exp(-(3 * logit(mask_a) + logit(mask_b)) / 4))
+    assert not np.allclose(mask, unweighted, atol=1e-3)
+    six.metadata_props[0].value = "many"
+    with pytest.raises(SystemExit, match="not a count of networks"):
+        networks(six)
+    assert [p.key for p in six.metadata_props] == [NETWORKS]
 
 
 def test_the_joined_package_loads_and_runs_in_the_runtime(tmp_path: Path) -> None:
