@@ -40,7 +40,7 @@ from models.training.road_data import CLASSES, Frame, load_split
 F32 = npt.NDArray[np.float32]
 Prediction = tuple[F32, F32, npt.NDArray[np.int64]]
 IOU = 0.5
-MASK_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)  # crack-mask thresholds tried on val
+MASK_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # crack-mask thresholds tried on val
 
 
 def iou_matrix(a: F32, b: F32) -> F32:
