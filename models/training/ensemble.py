@@ -79,25 +79,28 @@ def networks(model: onnx.ModelProto) -> int:
     return 1
 
 
-def average(head: str, weights: list[int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The members' logits of `head` averaged, each member weighted by its networks."""
-    inputs = [f"m{i}/{head}" for i in range(len(weights))]
-    if len(set(weights)) == 1:
-        return [onnx.helper.make_node("Mean", inputs, [head], name=f"mean{head}")], []
-    total = sum(weights)
-    nodes, constants, scaled = [], [], []
-    for i, (name, w) in enumerate(zip(inputs, weights, strict=True)):
-        constants.append(
-            onnx.helper.make_tensor(f"w{i}{head}", onnx.TensorProto.FLOAT, [], [w / total])
-        )
-        scaled.append(f"{name}*w")
-        nodes.append(
-            onnx.helper.make_node(
-                "Mul", [name, f"w{i}{head}"], [scaled[-1]], name=f"weigh{i}{head}"
-            )
-        )
-    nodes.append(onnx.helper.make_node("Sum", scaled, [head], name=f"mean{head}"))
-    return nodes, constants
+def weights(counts: list[int]) -> list[onnx.TensorProto]:
+    """Each member's share of the average (its networks over all of them), one scalar per
+    member; none when the members weigh the same (a plain ``Mean``)."""
+    if len(set(counts)) == 1:
+        return []
+    total = sum(counts)
+    return [
+        onnx.helper.make_tensor(f"weight/m{i}", onnx.TensorProto.FLOAT, [], [n / total])
+        for i, n in enumerate(counts)
+    ]
+
+
+def average(head: str, shares: list[onnx.TensorProto], members: int) -> list[onnx.NodeProto]:
+    """The members' logits of `head` averaged, weighted by `shares` when there are any."""
+    inputs = [f"m{i}/{head}" for i in range(members)]
+    if not shares:
+        return [onnx.helper.make_node("Mean", inputs, [head], name=f"mean{head}")]
+    scaled = [f"{name}*share" for name in inputs]
+    return [
+        onnx.helper.make_node("Mul", [x, w.name], [y], name=f"weigh/{y}")
+        for x, w, y in zip(inputs, shares, scaled, strict=True)
+    ] + [onnx.helper.make_node("Sum", scaled, [head], name=f"mean{head}")]
 
 
 def heads(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
@@ -133,24 +136,22 @@ def join(paths: list[Path], specs: list[dict[str, Any]]) -> onnx.ModelProto:
             + ", ".join(map(str, paths))
         )
     decoder = decoder_graph(graphs[0])
-    weights = [networks(g) for g in graphs]
-    means = [average(head, weights) for head in HEADS]
+    counts = [networks(g) for g in graphs]
+    shares = weights(counts)
     images = onnx.ValueInfoProto()
     images.CopyFrom(cuts[0].graph.input[0])
     images.name = INPUT_NAME
     graph = onnx.helper.make_graph(
         [n for c in cuts for n in c.graph.node]
-        + [n for nodes, _ in means for n in nodes]
+        + [n for head in HEADS for n in average(head, shares, len(paths))]
         + list(decoder.graph.node),
         "road-ensemble",
         [images],
         list(decoder.graph.output),
-        [t for c in cuts for t in c.graph.initializer]
-        + [t for _, constants in means for t in constants]
-        + list(decoder.graph.initializer),
+        [t for c in cuts for t in c.graph.initializer] + shares + list(decoder.graph.initializer),
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    onnx.helper.set_model_props(model, {NETWORKS: str(sum(weights))})
+    onnx.helper.set_model_props(model, {NETWORKS: str(sum(counts))})
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model
