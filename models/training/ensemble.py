@@ -14,7 +14,10 @@ adding a network to a shipped ensemble gives the plain average of all the networ
 Needs no torch. The crack-mask threshold and the per-class score thresholds are then
 chosen on ``val.txt`` through the product runtime, by the criterion ``train_road``
 selects checkpoints with (pothole AP50 + crack-region F1); ``test.txt`` is for
-``road_eval`` afterwards. The members must be packages of the road recipe with crack
+``road_eval`` afterwards. Members refit on train + val (``train_road --refit``) cannot be
+judged on val: ``--thresholds-from ENSEMBLE_LOG`` takes the thresholds from the
+``ensemble-log.json`` of the ensemble of the same recipes that val chose them for, and
+nothing is measured on val. The members must be packages of the road recipe with crack
 regions from the mask, all at the same input size and output stride.
 """
 
@@ -190,6 +193,25 @@ def choose(out: Path, data: Path) -> dict[str, Any]:
     return best
 
 
+def chosen_from(log: Path, classes: list[str]) -> dict[str, Any]:
+    """The crack-mask threshold and score thresholds that an earlier ensemble chose on val,
+    from its ensemble-log.json, checked to be probabilities for exactly these classes."""
+    try:
+        chosen = json.loads(log.read_text())
+        mask, thresholds = float(chosen["mask_threshold"]), dict(chosen["thresholds"])
+        thresholds = {str(k): float(v) for k, v in thresholds.items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--thresholds-from {log}: not an ensemble-log.json ({exc})") from None
+    if sorted(thresholds) != sorted(classes):
+        raise SystemExit(
+            f"--thresholds-from {log}: thresholds for {sorted(thresholds)}, "
+            f"the members' classes are {sorted(classes)}"
+        )
+    if not all(0 < t < 1 for t in [mask, *thresholds.values()]):
+        raise SystemExit(f"--thresholds-from {log}: thresholds must lie between 0 and 1")
+    return {"thresholds_from": str(log), "mask_threshold": mask, "thresholds": thresholds}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,6 +219,14 @@ def main() -> None:
     ap.add_argument("data", type=Path, help="the road-dnit folder (val.txt chooses the thresholds)")
     ap.add_argument("members", type=Path, nargs="+", help="road packages (folders with model.yaml)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--thresholds-from",
+        type=Path,
+        metavar="ENSEMBLE_LOG",
+        help="take the crack-mask and score thresholds from the ensemble-log.json of an "
+        "ensemble of the same recipes chosen on val (for members refit on train + val); "
+        "nothing is measured on val",
+    )
     args = ap.parse_args()
     if len(args.members) < 2:
         raise SystemExit("an ensemble needs two or more packages")
@@ -214,7 +244,10 @@ def main() -> None:
     }
     model = join(args.members, specs)
     write(args.out, model, spec)
-    best = choose(args.out, args.data)
+    if args.thresholds_from is not None:
+        best = chosen_from(args.thresholds_from, list(spec["classes"]))
+    else:
+        best = choose(args.out, args.data)
     thresholds = best["thresholds"]
     spec["output"]["masks"]["threshold"] = best["mask_threshold"]
     spec["thresholds"] = spec["thresholds"] | {

@@ -12,10 +12,10 @@ interrupted run continues where it stopped with ``--resume`` and the same argume
 state after the last finished epoch is kept in ``OUT/last.pt``).
 
 ``--refit RUN/train-log.json`` trains the recipe of a finished run again on ``train.txt``
-and ``val.txt`` together (the same arguments and number of epochs, which that run's
-selection must have ended on) and exports the last epoch with the thresholds that run
-picked on val: the usual last step once val has chosen the recipe, two more highways for
-the network to see. Its figures exist only on ``test.txt``.
+and ``val.txt`` together (the same arguments, so the same learning-rate schedule over the
+same number of epochs) up to the epoch that run selected on val, and exports that epoch
+with the thresholds that run picked: the usual last step once val has chosen the recipe,
+two more highways for the network to see. Its figures exist only on ``test.txt``.
 
 Two backbones (``models.training.road_net``): ``--backbone plain`` (default), a residual
 CNN trained from scratch, and ``--backbone mobilenetv2``, MobileNetV2 started from
@@ -557,10 +557,10 @@ def refit_choice(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"--refit {args.refit}: not a train-log.json of this recipe ({exc})"
         ) from None
-    if chosen["epoch"] != int(ran["epochs"]):
+    if not 1 <= int(chosen["epoch"]) <= int(ran["epochs"]):
         raise SystemExit(
-            f"--refit {args.refit}: that run selected epoch {chosen['epoch']} of "
-            f"{ran['epochs']}; a refit repeats a schedule whose last epoch was chosen"
+            f"--refit {args.refit}: its selected epoch {chosen['epoch']} is not one of "
+            f"its {ran['epochs']} epochs"
         )
     ignored = {"data", "out", "resume", "export_only", "refit", "threads"}
     differ = [
@@ -573,6 +573,7 @@ def refit_choice(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "thresholds": chosen["thresholds"],
         "mask_threshold": chosen.get("mask_threshold"),
+        "epoch": int(chosen["epoch"]),
         "refit_of": {"log": str(args.refit), "epoch": chosen["epoch"], "val": chosen["val"]},
     }
 
@@ -658,9 +659,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         type=Path,
         metavar="TRAIN_LOG",
         help="train on train.txt + val.txt with the same arguments as the run that wrote "
-        "TRAIN_LOG (its train-log.json, whose selected epoch must be its last), for its "
-        "number of epochs, and export the last epoch with the thresholds that run picked "
-        "on val; nothing is selected on val",
+        "TRAIN_LOG (its train-log.json) up to the epoch it selected, and export that epoch "
+        "with the thresholds that run picked on val; nothing is selected on val",
     )
     ap.add_argument(
         "--export-only",
@@ -725,7 +725,9 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         first_epoch, log, best = state["epoch"], state["log"], state["best"]
         print(f"resuming after epoch {first_epoch}", flush=True)
     t0 = time.monotonic() - (log[-1]["minutes"] * 60 if log else 0.0)
-    for epoch in range(first_epoch, args.epochs):
+    # a refit stops at the epoch its run selected; the schedule still spans --epochs
+    stop = refit["epoch"] if refit is not None else args.epochs
+    for epoch in range(first_epoch, stop):
         net.train()
         rng.shuffle(pool)
         losses = []
@@ -801,8 +803,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         )
         last.with_suffix(".tmp").replace(last)
     if refit is not None:
-        best = (0.0, {**refit, "epoch": args.epochs})
-        summary = f"exported epoch {args.epochs}, thresholds from {args.refit} (val not measured)"
+        best = (0.0, refit)
+        summary = f"exported epoch {stop}, thresholds from {args.refit} (val not measured)"
     else:
         assert best is not None
         net.load_state_dict(torch.load(args.out / "best.pt"))

@@ -3,7 +3,9 @@ packages: the heads averaged, decoded once, and the result a package the runtime
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -13,7 +15,7 @@ import pytest
 
 from models.package import ModelError
 from models.runtime import LoadedModel
-from models.training.ensemble import NETWORKS, join, member_spec, networks, write
+from models.training.ensemble import NETWORKS, join, main, member_spec, networks, write
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 ROAD = ZOO / "road_defect"
@@ -101,3 +103,33 @@ def test_a_package_without_a_crack_mask_is_refused(tmp_path: Path) -> None:
     (tmp_path / "road" / "model.yaml").write_text("name: [unclosed\n")
     with pytest.raises(SystemExit, match="not a road package"):
         member_spec(tmp_path / "road")
+
+
+def test_thresholds_are_taken_from_an_earlier_ensemble_without_reading_val(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members refit on train + val: the thresholds come from the log of the ensemble that
+    val chose them for, and the data folder is not read (here it does not exist)."""
+    log = tmp_path / "ensemble-log.json"
+    log.write_text(
+        json.dumps({"mask_threshold": 0.55, "thresholds": {"crack": 0.9, "pothole": 0.6}})
+    )
+    out = tmp_path / "joined"
+    argv = ["ensemble", str(tmp_path / "no-data"), str(ROAD), str(ROAD_INT8), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--thresholds-from", str(log)])
+    main()
+    spec = LoadedModel.load(out, threads=1).spec
+    assert spec.output.masks is not None and spec.output.masks.threshold == 0.55
+    assert spec.thresholds.per_class == {"crack": 0.9, "pothole": 0.6}
+    assert spec.thresholds.score == 0.6
+    written = json.loads((out / "ensemble-log.json").read_text())
+    assert written["thresholds_from"] == str(log)
+    assert written["members"] == [str(ROAD), str(ROAD_INT8)]
+    for bad, message in [
+        ({"mask_threshold": 0.5}, "not an ensemble-log.json"),
+        ({"mask_threshold": 0.5, "thresholds": {"crack": 0.9}}, r"the members' classes are"),
+        ({"mask_threshold": 1.5, "thresholds": {"crack": 0.9, "pothole": 0.6}}, "between 0 and 1"),
+    ]:
+        log.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit, match=message):
+            main()
