@@ -75,10 +75,11 @@ def common_spec(name: str, decoder: str, description: str) -> dict[str, Any]:
 
 def export_yolov8(work: Path) -> None:
     import ultralytics  # noqa: PLC0415 - only this fixture needs it
-    from ultralytics import YOLO  # noqa: PLC0415
+    from ultralytics.models import YOLO  # noqa: PLC0415
     from ultralytics.nn.tasks import yaml_model_load  # noqa: PLC0415
 
-    arch = yaml_model_load("yolov8.yaml")  # the architecture shipped inside ultralytics
+    # the architecture shipped inside ultralytics
+    arch = yaml_model_load("yolov8.yaml")  # type: ignore[no-untyped-call]
     arch["nc"] = len(CLASSES)
     arch["scales"] = {"t": [0.33, 0.0625, 1024]}  # narrower than "n": a 16x smaller file
     arch["scale"] = "t"
@@ -86,7 +87,7 @@ def export_yolov8(work: Path) -> None:
     cfg.write_text(yaml.safe_dump(arch, sort_keys=False))
     torch.manual_seed(8)
     yolo = YOLO(str(cfg), task="detect")
-    head = yolo.model.model[-1]  # type: ignore[union-attr, index]
+    head = yolo.model.model[-1]  # type: ignore[union-attr]
     for branch in head.cv3:  # class logits around 0: untrained scores near 0.5
         nn.init.zeros_(branch[-1].bias)
     with contextlib.chdir(work):  # the exporter writes next to the current directory
@@ -127,6 +128,7 @@ class TinyYolov5(nn.Module):
         self.down32 = _Conv(32, 32, 2)
         heads = [nn.Conv2d(c, self.na * self.no, 1) for c in (16, 32, 32)]
         for head in heads:  # objectness ~0.88 and classes ~0.5 before any training
+            assert head.bias is not None
             bias = head.bias.data.view(self.na, self.no)
             bias[:, 4] = 2.0
             bias[:, 5:] = 0.0

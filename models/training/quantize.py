@@ -38,7 +38,7 @@ from models.package import load_spec
 from models.preprocess import prepare
 
 
-class Frames(CalibrationDataReader):
+class Frames(CalibrationDataReader):  # type: ignore[misc]
     def __init__(self, tensors: list[np.ndarray], name: str) -> None:
         self._it: Iterator[dict[str, np.ndarray]] = iter({name: t} for t in tensors)
 
@@ -55,7 +55,7 @@ def calibration(listing: Path, directory: Path, n: int) -> list[np.ndarray]:
         img = cv2.imread(str(root / "images" / name / f"{name}_RAW.jpg"), cv2.IMREAD_COLOR)
         if img is None:
             raise SystemExit(f"{name}: cannot be read")
-        tensor, _ = prepare(img, spec.input)
+        tensor, _ = prepare(np.asarray(img, np.uint8), spec.input)
         out.append(tensor)
     return out
 

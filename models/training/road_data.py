@@ -42,7 +42,7 @@ def _components(
     mask: npt.NDArray[np.uint8],
 ) -> tuple[int, npt.NDArray[np.int32], npt.NDArray[np.int32]]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    return n, labels, stats
+    return n, np.asarray(labels, np.int32), np.asarray(stats, np.int32)
 
 
 def pothole_boxes(mask: npt.NDArray[np.uint8]) -> list[tuple[float, float, float, float]]:
@@ -60,7 +60,7 @@ def crack_boxes(mask: npt.NDArray[np.uint8]) -> list[tuple[float, float, float, 
     if not crack.any():
         return []
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (CRACK_JOIN, CRACK_JOIN))
-    n, labels, _ = _components(cv2.dilate(crack, kernel))
+    n, labels, _ = _components(np.asarray(cv2.dilate(crack, kernel), np.uint8))
     out = []
     for i in range(1, n):
         ys, xs = np.nonzero((labels == i) & (crack > 0))
@@ -85,7 +85,9 @@ def load_split(root: Path, split: str) -> list[Frame]:
         pothole = cv2.imread(str(d / f"{name}_POTHOLE.png"), cv2.IMREAD_GRAYSCALE)
         if crack is None or pothole is None or not image.is_file():
             raise SystemExit(f"{d}: image or masks missing")
-        boxes = [(b, 0) for b in crack_boxes(crack)] + [(b, 1) for b in pothole_boxes(pothole)]
+        crack_u8, pothole_u8 = np.asarray(crack, np.uint8), np.asarray(pothole, np.uint8)
+        boxes = [(b, 0) for b in crack_boxes(crack_u8)]
+        boxes += [(b, 1) for b in pothole_boxes(pothole_u8)]
         frames.append(
             Frame(
                 name,

@@ -53,7 +53,8 @@ def iou_matrix(a: F32, b: F32) -> F32:
     inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+    iou: F32 = inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+    return iou
 
 
 def _greedy(pb: F32, gt: F32) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
@@ -251,7 +252,7 @@ def run_frames(model: LoadedModel, frames: list[Frame]) -> tuple[list[Prediction
             if img is None:
                 raise SystemExit(f"{f.image}: cannot be read")
             t = time.perf_counter()
-            dets = model.run(img)
+            dets = model.run(np.asarray(img, np.uint8))
             times.append(time.perf_counter() - t)
             preds.append(
                 (

@@ -58,6 +58,7 @@ class CentreNet(nn.Module):
         self.heat = nn.Conv2d(f, classes, 1)
         self.box = nn.Conv2d(f, 4, 1)  # dx, dy (offset in the cell), log w, log h
         self.seg = nn.Conv2d(f, classes, 1)  # auxiliary, training only
+        assert self.heat.bias is not None
         nn.init.constant_(self.heat.bias, -4.6)  # prior 0.01
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +93,9 @@ class RoadNet(CentreNet):
         c8 = self.s8(c4)
         c16 = self.s16(c8)
         c32 = self.s32(c16)
-        p = self.lat16(c16) + F.interpolate(self.lat32(c32), size=c16.shape[-2:], mode="nearest")
+        p: torch.Tensor = self.lat16(c16) + F.interpolate(
+            self.lat32(c32), size=c16.shape[-2:], mode="nearest"
+        )
         p = c8 + F.interpolate(p, size=c8.shape[-2:], mode="nearest")
         if self.stride == 4:
             p = self.lat4(c4) + F.interpolate(p, size=c4.shape[-2:], mode="nearest")
@@ -100,8 +103,15 @@ class RoadNet(CentreNet):
 
 
 # MobileNetV2's inverted residual stages: expansion, channels, repeats, first stride
-MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
-MOBILENET_V2 += ((6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -135,6 +145,8 @@ class MobileRoadNet(CentreNet):
     the ImageNet normalisation is the graph's first operation."""
 
     FROZEN = 4  # the stride-2 and stride-4 layers keep their ImageNet weights
+    mean: torch.Tensor  # buffers: the ImageNet normalisation
+    std: torch.Tensor
 
     def __init__(self, classes: int = 2, f: int = 64) -> None:
         super().__init__(classes, f)
@@ -179,6 +191,9 @@ class Decoder(nn.Module):
     score becomes the geometric mean of the peak and the highest mask probability of its
     class within one cell (the two heads agreeing ranks detections better: val pothole
     AP50 0.231 -> 0.256 for the stride-4 road model)."""
+
+    gx: torch.Tensor  # buffers: each output cell's column and row
+    gy: torch.Tensor
 
     def __init__(self, stride: int, height: int, width: int) -> None:
         super().__init__()

@@ -145,7 +145,7 @@ def train(args: argparse.Namespace) -> None:  # noqa: PLR0915 - a training scrip
     tiles = [tile(s) for s in range(args.tiles)]
     val = [tile(s) for s in VAL_SEEDS]
     print(f"{len(tiles)} training tiles, {len(val)} validation tiles", flush=True)
-    net = RoadNet(len(CLASSES), args.width).to(memory_format=torch.channels_last)
+    net = RoadNet(len(CLASSES), args.width).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
     g = CROP // STRIDE
@@ -179,8 +179,8 @@ def train(args: argparse.Namespace) -> None:  # noqa: PLR0915 - a training scrip
     for step in range(args.steps):
         imgs, heats, box_t, masks = [], [], [], []
         for _ in range(args.batch):
-            img, b, c = sample()
-            h, bx, m = targets(b, c, g, g, len(CLASSES))
+            img, b, kinds = sample()
+            h, bx, m = targets(b, kinds, g, g, len(CLASSES))
             imgs.append(img)
             heats.append(h)
             box_t.append(bx)
@@ -194,7 +194,7 @@ def train(args: argparse.Namespace) -> None:  # noqa: PLR0915 - a training scrip
         size = (F.l1_loss(box_p[:, 2:], bt[:, 2:], reduction="none") * mt).sum() / n
         loss = focal(heat_p, torch.from_numpy(np.stack(heats))) + off + size
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
         if step % 50 == 0:
@@ -238,8 +238,8 @@ def train(args: argparse.Namespace) -> None:  # noqa: PLR0915 - a training scrip
                 500,
             )
             _, correct = match(t.boxes, t.classes, merged.boxes, merged.classes.astype(np.int64))
-            for s, c, ok in zip(merged.scores, merged.classes, correct, strict=True):
-                scores[int(c)].append((float(s), bool(ok)))
+            for s, k, ok in zip(merged.scores, merged.classes, correct, strict=True):
+                scores[int(k)].append((float(s), bool(ok)))
             for c in range(len(CLASSES)):
                 totals[c] += int((t.classes == c).sum())
     thresholds = {}

@@ -85,7 +85,7 @@ F32 = npt.NDArray[np.float32]
 def resize(img: U8, size: tuple[int, int], interpolation: int) -> U8:
     """cv2.resize for any number of channels (it takes at most four at a time)."""
     if img.shape[2] <= 4:
-        out: U8 = cv2.resize(img, size, interpolation=interpolation)
+        out = np.asarray(cv2.resize(img, size, interpolation=interpolation), np.uint8)
         return out if out.ndim == 3 else out[:, :, None]
     parts = [resize(img[:, :, i : i + 3], size, interpolation) for i in range(0, img.shape[2], 3)]
     return np.concatenate(parts, axis=2)
@@ -108,7 +108,7 @@ def load_images(frames: list[Frame], masks: bool = False, lane: bool = False) ->
                 if m is None:
                     raise SystemExit(f"{stem}_{kind}.png: cannot be read")
                 layers.append(m[:, :, None])
-        stacked = np.concatenate(layers, axis=2)
+        stacked: U8 = np.concatenate(layers, axis=2)
         out.append(resize(stacked, INPUT, cv2.INTER_AREA))
     return out
 
@@ -153,7 +153,8 @@ def paste_potholes(
     road (channel 5, the lane mask) near the rows they came from, with their masks and
     boxes. Rare objects seen in more places generalise better (Ghiasi et al., 2021)."""
     img = img.copy()
-    boxes, classes = list(boxes), list(classes)
+    added: list[F32] = list(boxes)
+    kinds: list[np.int64] = list(classes)
     height, width = img.shape[:2]
     for _ in range(count):
         p = patches[rng.randrange(len(patches))]
@@ -171,7 +172,7 @@ def paste_potholes(
         if not len(xs):
             continue
         box = np.asarray([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
-        if any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in boxes):
+        if any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in added):
             continue  # never over another object
         a = p.alpha[:, :, None]
         region = img[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
@@ -179,12 +180,12 @@ def paste_potholes(
         region[:, :, 3] *= 1 - p.alpha  # no crack under a pothole
         region[:, :, 4] = np.maximum(region[:, :, 4], p.pixels[:, :, 4])
         img[y0 : y0 + h, x0 : x0 + w] = region.clip(0, 255).astype(np.uint8)
-        boxes.append(box.astype(np.float32))
-        classes.append(np.int64(1))
+        added.append(box.astype(np.float32))
+        kinds.append(np.int64(1))
     return (
         img,
-        np.asarray(boxes, np.float32).reshape(-1, 4),
-        np.asarray(classes, np.int64),
+        np.asarray(added, np.float32).reshape(-1, 4),
+        np.asarray(kinds, np.int64),
     )
 
 
@@ -255,12 +256,12 @@ def photometric(img: U8, rng: random.Random, *, strong: bool) -> U8:
                 0, rng.uniform(2, 6), x.shape
             )
             x = x + noise.astype(np.float32)
-    x = x.clip(0, 255).astype(np.uint8)
+    out = x.clip(0, 255).astype(np.uint8)
     if rng.random() < 0.15:
-        x = cv2.GaussianBlur(x, (3, 3), 0)
+        out = np.asarray(cv2.GaussianBlur(out, (3, 3), 0), np.uint8)
     if seg.shape[2]:
-        x = np.concatenate([x, seg], axis=2)
-    return np.ascontiguousarray(x)
+        out = np.concatenate([out, seg], axis=2)
+    return np.ascontiguousarray(out)
 
 
 def gaussian_radius(h: float, w: float, overlap: float = 0.7) -> float:
@@ -316,7 +317,7 @@ def seg_target(img: U8, stride: int = STRIDE) -> F32:
     m = img[:, :, 3:] > 64
     h, w = m.shape[0] // stride, m.shape[1] // stride
     cells = m[: h * stride, : w * stride].reshape(h, stride, w, stride, -1).any(axis=(1, 3))
-    return cells.transpose(2, 0, 1).astype(np.float32)
+    return np.transpose(cells, (2, 0, 1)).astype(np.float32)
 
 
 def to_tensor(images: list[U8]) -> torch.Tensor:
@@ -346,7 +347,7 @@ class Predicted:
         scale = np.float32(SOURCE_SIZE[0] / INPUT[0])
         out = []
         for (boxes, conf, cls), prob in zip(self.boxes, self.crack, strict=True):
-            scaled = cv2.resize(prob, INPUT, interpolation=cv2.INTER_LINEAR)
+            scaled = np.asarray(cv2.resize(prob, INPUT, interpolation=cv2.INTER_LINEAR), np.float32)
             regions, scores = mask_groups(scaled, threshold, crack_join(), MASK_MIN_PIXELS)
             keep = cls != 0
             out.append(
@@ -412,7 +413,7 @@ def decode(o: F32, floor: float = 0.05) -> Prediction:
     keep = conf >= floor
     cx, cy, w, h = o[:4, keep]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    idx = cv2.dnn.NMSBoxesBatched(
+    picked = cv2.dnn.NMSBoxesBatched(
         np.stack([boxes[:, 0], boxes[:, 1], w, h], 1).tolist(),
         conf[keep].tolist(),
         cls[keep].tolist(),
@@ -420,7 +421,7 @@ def decode(o: F32, floor: float = 0.05) -> Prediction:
         0.45,
         top_k=100,
     )
-    idx = np.asarray(idx, np.int64).reshape(-1)
+    idx = np.asarray(picked, np.int64).reshape(-1)
     scale = np.float32(SOURCE_SIZE[0] / INPUT[0])
     return boxes[idx] * scale, conf[keep][idx], cls[keep][idx]
 
@@ -446,7 +447,7 @@ def export(
     path = out / "model.onnx"
     torch.onnx.export(
         exported,
-        torch.zeros(1, 3, size[1], size[0]),
+        (torch.zeros(1, 3, size[1], size[0]),),
         str(path),
         opset_version=17,
         input_names=["images"],
@@ -702,7 +703,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             {"params": [p for p in net.parameters() if id(p) not in pretrained]},
         ]
         lrs = [args.lr * args.backbone_lr, args.lr]
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     steps_per_epoch = len(pool) // args.batch
     total = steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=5e-4)
@@ -761,7 +762,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             size = (F.l1_loss(box_p[:, 2:], box_t[:, 2:], reduction="none") * mask_t).sum() / n
             loss = focal(heat_p, heat_t) + off + size + seg
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             losses.append(loss.item())
