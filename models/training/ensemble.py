@@ -11,6 +11,8 @@ own decoding subgraph (``road_net.Decoder`` as exported), so the ensemble decode
 as one network's package does. A member may itself be an ensemble: it is weighted by the
 number of networks in it (recorded in the graph's metadata as ``networks``), so that
 adding a network to a shipped ensemble gives the plain average of all the networks.
+``PACKAGE#N`` names network N (from 0) of an ensemble package, decoded as that package
+decodes: to swap one network of a shipped ensemble for another, e.g. a retrained one.
 Needs no torch. The crack-mask threshold and the per-class score thresholds are then
 chosen on ``val.txt`` through the product runtime, by the criterion ``train_road``
 selects checkpoints with (pothole AP50 + crack-region F1); ``test.txt`` is for
@@ -106,6 +108,44 @@ def average(head: str, shares: list[onnx.TensorProto], members: int) -> list[onn
     ] + [onnx.helper.make_node("Sum", scaled, [head], name=f"mean{head}")]
 
 
+def network_of(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
+    """Network `index` of an ensemble as a graph of its own: the input to that member's
+    head logits (renamed to the plain head names), then the ensemble's decoder."""
+    names = [f"m{index}/{h}" for h in HEADS]
+    makers = {o: n for n in model.graph.node for o in n.output}
+    if not all(name in makers for name in names):
+        raise SystemExit(f"no network {index} in this package (it holds {networks(model)})")
+    if makers[names[0]].op_type != "Conv":
+        raise SystemExit(f"member {index} is itself an ensemble: take the network from it")
+    cut = onnx.utils.Extractor(model).extract_model([INPUT_NAME], names)
+    plain = dict(zip(names, HEADS, strict=True))
+    for node in cut.graph.node:
+        node.output[:] = [plain.get(o, o) for o in node.output]
+    decoder = decoder_graph(model)
+    graph = onnx.helper.make_graph(
+        list(cut.graph.node) + list(decoder.graph.node),
+        "road-network",
+        list(cut.graph.input),
+        list(decoder.graph.output),
+        list(cut.graph.initializer) + list(decoder.graph.initializer),
+    )
+    network = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
+    network.ir_version = model.ir_version
+    onnx.helper.set_model_props(network, {NETWORKS: "1"})
+    onnx.checker.check_model(network, full_check=True)
+    return onnx.shape_inference.infer_shapes(network)
+
+
+def source(text: str) -> tuple[Path, int | None]:
+    """A member argument: a package folder, or ``FOLDER#N`` for network N of an ensemble."""
+    folder, sep, index = text.rpartition("#")
+    if not sep:
+        return Path(text), None
+    if not index.isdigit():
+        raise SystemExit(f"{text}: #N must name a network by its number (0, 1, ...)")
+    return Path(folder), int(index)
+
+
 def heads(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
     """The graph from the input to the head logits, every name prefixed except the input's."""
     cut = onnx.utils.Extractor(model).extract_model([INPUT_NAME], list(HEADS))
@@ -122,12 +162,20 @@ def decoder_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.utils.Extractor(model).extract_model(list(HEADS), outputs)
 
 
-def join(paths: list[Path], specs: list[dict[str, Any]]) -> onnx.ModelProto:
-    """One graph: every member's cut graph on the shared input, then the mean decoder."""
+def join(
+    paths: list[Path], specs: list[dict[str, Any]], picks: list[int | None] | None = None
+) -> onnx.ModelProto:
+    """One graph: every member's cut graph on the shared input, then the mean decoder;
+    `picks` takes one network of a member that is an ensemble (``network_of``)."""
     size = tuple(specs[0]["input"]["size"])
     if any(tuple(s["input"]["size"]) != size for s in specs):
         raise SystemExit("the members' input sizes differ: " + ", ".join(map(str, paths)))
     graphs = [graph_of(p, s) for p, s in zip(paths, specs, strict=True)]
+    for i, pick in enumerate(picks or []):
+        if pick is not None:
+            graphs[i] = network_of(graphs[i], pick)
+    if len(graphs) == 1:  # one network taken out of an ensemble: nothing to average
+        return graphs[0]
     cuts = [heads(g, f"m{i}/") for i, g in enumerate(graphs)]
     shapes = [  # channels, height, width of each head (the batch may be symbolic)
         [[d.dim_value for d in o.type.tensor_type.shape.dim[1:]] for o in c.graph.output]
@@ -217,7 +265,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("data", type=Path, help="the road-dnit folder (val.txt chooses the thresholds)")
-    ap.add_argument("members", type=Path, nargs="+", help="road packages (folders with model.yaml)")
+    ap.add_argument(
+        "members",
+        type=source,
+        nargs="+",
+        help="road packages (folders with model.yaml); FOLDER#N: network N of an ensemble",
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
         "--thresholds-from",
@@ -228,21 +281,25 @@ def main() -> None:
         "nothing is measured on val",
     )
     args = ap.parse_args()
-    if len(args.members) < 2:
-        raise SystemExit("an ensemble needs two or more packages")
-    specs = [member_spec(p) for p in args.members]
+    paths, picks = [p for p, _ in args.members], [k for _, k in args.members]
+    if len(paths) < 2 and picks[0] is None:
+        raise SystemExit("an ensemble needs two or more packages (or FOLDER#N: one network)")
+    specs = [member_spec(p) for p in paths]
+    model = join(paths, specs, picks)
+    count = networks(model)
+    what = (
+        f"An ensemble of {count} road networks (heads averaged)" if count > 1 else "A road network"
+    )
     spec = dict(specs[0])
     spec |= {
         "name": "road-defect",
         "version": time.strftime("%Y.%m.%d"),
         "description": (
-            f"An ensemble of {len(specs)} road networks (heads averaged) for cracks (crack "
-            "regions) and potholes from a forward-looking vehicle camera; trained on the "
-            "road-dnit frames (Passos et al., doi:10.17632/t576ydh9v8.4) by "
-            "models/training/train_road.py, joined by models/training/ensemble.py."
+            f"{what} for cracks (crack regions) and potholes from a forward-looking vehicle "
+            "camera; trained on the road-dnit frames (Passos et al., doi:10.17632/t576ydh9v8.4) "
+            "by models/training/train_road.py, joined by models/training/ensemble.py."
         ),
     }
-    model = join(args.members, specs)
     write(args.out, model, spec)
     if args.thresholds_from is not None:
         best = chosen_from(args.thresholds_from, list(spec["classes"]))
@@ -255,7 +312,7 @@ def main() -> None:
         "per_class": thresholds,
     }
     write(args.out, model, spec)
-    log = {"members": [str(p) for p in args.members]} | best
+    log = {"members": [f"{p}#{k}" if k is not None else str(p) for p, k in args.members]} | best
     (args.out / "ensemble-log.json").write_text(json.dumps(log, indent=1))
     print(json.dumps(log), flush=True)
 

@@ -15,7 +15,16 @@ import pytest
 
 from models.package import ModelError
 from models.runtime import LoadedModel
-from models.training.ensemble import NETWORKS, join, main, member_spec, networks, write
+from models.training.ensemble import (
+    NETWORKS,
+    join,
+    main,
+    member_spec,
+    network_of,
+    networks,
+    source,
+    write,
+)
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 ROAD = ZOO / "road_defect"
@@ -133,3 +142,35 @@ def test_thresholds_are_taken_from_an_earlier_ensemble_without_reading_val(
         log.write_text(json.dumps(bad))
         with pytest.raises(SystemExit, match=message):
             main()
+
+
+def test_the_networks_of_an_ensemble_taken_apart_and_joined_again_give_it_back(
+    tmp_path: Path, image: np.ndarray
+) -> None:
+    """PACKAGE#N: network N of the shipped three-network ensemble on its own; each one
+    differs from the ensemble, and the three joined again give exactly its outputs."""
+    spec = member_spec(ROAD)
+    assert source(f"{ROAD}#2") == (ROAD, 2) and source(str(ROAD)) == (ROAD, None)
+    alone = outputs(str(ROAD / "model.onnx"), image)
+    parts = []
+    for k in range(3):
+        one = join([ROAD], [spec], [k])
+        assert networks(one) == 1
+        part = outputs(one.SerializeToString(), image)
+        assert not np.allclose(part[1], alone[1], atol=1e-3)
+        parts.append(logit(part[1]))
+    expected = 1 / (1 + np.exp(-sum(parts) / 3))
+    np.testing.assert_allclose(alone[1], expected, atol=1e-4)
+    again = join([ROAD, ROAD, ROAD], [spec] * 3, [0, 1, 2])
+    for a, b in zip(alone, outputs(again.SerializeToString(), image), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    write(tmp_path, join([ROAD], [spec], [1]), dict(spec))
+    with pytest.raises(SystemExit, match="no network 0 in this package"):
+        join([tmp_path], [spec], [0])
+    with pytest.raises(SystemExit, match="no network 3 in this package"):
+        join([ROAD], [spec], [3])
+    with pytest.raises(SystemExit, match="must name a network by its number"):
+        source(f"{ROAD}#last")
+    nested = join([ROAD, ROAD_INT8], [spec, member_spec(ROAD_INT8)])
+    with pytest.raises(SystemExit, match="itself an ensemble"):
+        network_of(nested, 0)
