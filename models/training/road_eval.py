@@ -57,9 +57,11 @@ def iou_matrix(a: F32, b: F32) -> F32:
     return iou
 
 
-def _greedy(pb: F32, gt: F32) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+def _greedy(
+    pb: F32, gt: F32, iou: float = IOU
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Greedy matching of predictions `pb` (highest score first) to ground truth `gt` at
-    IoU >= `IOU`: (true-positive flag per prediction, matched flag per ground-truth box)."""
+    IoU >= `iou`: (true-positive flag per prediction, matched flag per ground-truth box)."""
     ious = iou_matrix(pb, gt)
     used = np.zeros(len(gt), bool)
     hits = np.zeros(len(pb), bool)
@@ -67,15 +69,16 @@ def _greedy(pb: F32, gt: F32) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.boo
         if len(gt):
             cand = np.where(used, -1.0, ious[i])
             j = int(cand.argmax())
-            if cand[j] >= IOU:
+            if cand[j] >= iou:
                 used[j] = hits[i] = True
     return hits, used
 
 
 def _matches(
-    frames: list[Frame], preds: list[Prediction], cls: int
+    frames: list[Frame], preds: list[Prediction], cls: int, iou: float = IOU
 ) -> tuple[F32, npt.NDArray[np.bool_], int]:
-    """Scores and true/false-positive flags of all predictions of `cls`, and the GT count."""
+    """Scores and true/false-positive flags (at IoU >= `iou`) of all predictions of `cls`,
+    and the GT count."""
     scores: list[F32] = []
     hits: list[npt.NDArray[np.bool_]] = []
     n_gt = 0
@@ -85,7 +88,7 @@ def _matches(
         sel = classes == cls
         order = np.argsort(-conf[sel])
         scores.append(conf[sel][order])
-        hits.append(_greedy(boxes[sel][order], gt)[0])
+        hits.append(_greedy(boxes[sel][order], gt, iou)[0])
     return (
         np.concatenate(scores or [np.zeros(0, np.float32)]).astype(np.float32),
         np.concatenate(hits or [np.zeros(0, bool)]),
@@ -94,6 +97,17 @@ def _matches(
 
 
 AREA_EDGES = (0.0, 300.0, 600.0, 1200.0, 2500.0, math.inf)  # box area, source pixels
+LOOSER = (0.3, 0.1)  # IoU thresholds of `ap_by_iou` besides 0.5
+
+
+def ap_by_iou(frames: list[Frame], preds: list[Prediction], cls: int) -> dict[str, float]:
+    """AP of `cls` at IoU 0.5 and the looser ``LOOSER`` overlaps: what a looser match gains
+    is objects found but with a misplaced or mis-sized box; what it does not gain is
+    objects not found, or outranked by false alarms."""
+    return {
+        f"{iou:.1f}": round(average_precision(*_matches(frames, preds, cls, iou)), 4)
+        for iou in (IOU, *LOOSER)
+    }
 
 
 def recall_by_area(
@@ -293,6 +307,8 @@ def main() -> None:
     figures["pothole"]["recall_by_area"] = recall_by_area(
         frames, preds, CLASSES.index("pothole"), thresholds["pothole"]
     )
+    for c, name in enumerate(CLASSES):
+        figures[name]["ap_by_iou"] = ap_by_iou(frames, preds, c)
     figures["by_highway"] = by_highway(frames, preds, thresholds, regions)
     ms = sorted(t * 1000 for t in times)
     figures["inference"] = {

@@ -13,6 +13,7 @@ import pytest
 from models.training.road_data import Frame
 from models.training.road_eval import (
     Prediction,
+    ap_by_iou,
     by_highway,
     evaluate,
     pick_thresholds,
@@ -74,6 +75,23 @@ def test_ap_f1_and_recall_by_area_count_what_was_found() -> None:
     assert recall_by_area(frames, preds, 1, 0.3)[2]["recall"] == 1.0
     # thresholds picked for the best F1: the pothole one keeps the two hits
     assert pick_thresholds(frames, preds)["pothole"] == pytest.approx(0.4)
+
+
+def test_ap_at_looser_overlaps_counts_misplaced_boxes_but_not_missed_objects() -> None:
+    frames = [frame((0, 0, 20, 20, 1), (100, 0, 120, 20, 1), (200, 0, 220, 20, 1))]
+    # one box right (IoU 1), one too wide (IoU 0.56), one shifted and too wide (IoU 0.25):
+    # found at 0.1 only
+    preds = [pred((0, 0, 20, 20, 0.9, 1), (92, 0, 128, 20, 0.8, 1), (210, 0, 240, 20, 0.7, 1))]
+    assert evaluate(frames, preds, {"crack": 0.5, "pothole": 0.5})["pothole"]["ap50"] == (
+        pytest.approx(2 / 3, abs=1e-4)
+    )
+    assert ap_by_iou(frames, preds, 1) == {
+        "0.5": pytest.approx(2 / 3, abs=1e-4),
+        "0.3": pytest.approx(2 / 3, abs=1e-4),
+        "0.1": pytest.approx(1.0, abs=1e-4),
+    }
+    missed = [pred((0, 0, 20, 20, 0.9, 1))]  # two potholes with no box near them at all
+    assert list(ap_by_iou(frames, missed, 1).values()) == [pytest.approx(1 / 3, abs=1e-4)] * 3
 
 
 def test_f1_counts_a_crack_region_found_in_overlapping_pieces_as_found() -> None:
