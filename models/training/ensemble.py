@@ -122,18 +122,34 @@ def network_of(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
     for node in cut.graph.node:
         node.output[:] = [plain.get(o, o) for o in node.output]
     decoder = decoder_graph(model)
-    graph = onnx.helper.make_graph(
-        list(cut.graph.node) + list(decoder.graph.node),
+    network = assemble(
         "road-network",
         list(cut.graph.input),
-        list(decoder.graph.output),
+        list(cut.graph.node) + list(decoder.graph.node),
         list(cut.graph.initializer) + list(decoder.graph.initializer),
+        list(decoder.graph.output),
+        networks=1,
     )
-    network = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
-    network.ir_version = model.ir_version
-    onnx.helper.set_model_props(network, {NETWORKS: "1"})
-    onnx.checker.check_model(network, full_check=True)
     return onnx.shape_inference.infer_shapes(network)
+
+
+def assemble(
+    name: str,
+    inputs: list[onnx.ValueInfoProto],
+    nodes: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto],
+    outputs: list[onnx.ValueInfoProto],
+    *,
+    networks: int,
+) -> onnx.ModelProto:
+    """A checked model of these nodes (opset 17, IR 10, as the road exports), recording how
+    many networks it averages."""
+    graph = onnx.helper.make_graph(nodes, name, inputs, outputs, initializers)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.helper.set_model_props(model, {NETWORKS: str(networks)})
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def source(text: str) -> tuple[Path, int | None]:
@@ -192,20 +208,16 @@ def join(
     images = onnx.ValueInfoProto()
     images.CopyFrom(cuts[0].graph.input[0])
     images.name = INPUT_NAME
-    graph = onnx.helper.make_graph(
+    return assemble(
+        "road-ensemble",
+        [images],
         [n for c in cuts for n in c.graph.node]
         + [n for head in HEADS for n in average(head, shares, len(paths))]
         + list(decoder.graph.node),
-        "road-ensemble",
-        [images],
-        list(decoder.graph.output),
         [t for c in cuts for t in c.graph.initializer] + shares + list(decoder.graph.initializer),
+        list(decoder.graph.output),
+        networks=sum(counts),
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    onnx.helper.set_model_props(model, {NETWORKS: str(sum(counts))})
-    model.ir_version = 10
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def write(out: Path, model: onnx.ModelProto, spec: dict[str, Any]) -> None:
@@ -246,9 +258,9 @@ def chosen_from(log: Path, classes: list[str]) -> dict[str, Any]:
     from its ensemble-log.json, checked to be probabilities for exactly these classes."""
     try:
         chosen = json.loads(log.read_text())
-        mask, thresholds = float(chosen["mask_threshold"]), dict(chosen["thresholds"])
-        thresholds = {str(k): float(v) for k, v in thresholds.items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        mask = float(chosen["mask_threshold"])
+        thresholds = {str(k): float(v) for k, v in chosen["thresholds"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SystemExit(f"--thresholds-from {log}: not an ensemble-log.json ({exc})") from None
     if sorted(thresholds) != sorted(classes):
         raise SystemExit(

@@ -4,7 +4,9 @@ packages: the heads averaged, decoded once, and the result a package the runtime
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +20,6 @@ from models.runtime import LoadedModel
 from models.training.ensemble import (
     NETWORKS,
     join,
-    main,
     member_spec,
     network_of,
     networks,
@@ -26,7 +27,8 @@ from models.training.ensemble import (
     write,
 )
 
-ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
+REPO = Path(__file__).resolve().parents[2]
+ZOO = REPO / "models" / "zoo"
 ROAD = ZOO / "road_defect"
 ROAD_INT8 = ZOO / "road_defect_int8"
 
@@ -114,8 +116,14 @@ def test_a_package_without_a_crack_mask_is_refused(tmp_path: Path) -> None:
         member_spec(tmp_path / "road")
 
 
+def ensemble_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ensemble command as an operator runs it."""
+    command = [sys.executable, "-m", "models.training.ensemble", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+
+
 def test_thresholds_are_taken_from_an_earlier_ensemble_without_reading_val(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Members refit on train + val: the thresholds come from the log of the ensemble that
     val chose them for, and the data folder is not read (here it does not exist)."""
@@ -124,9 +132,9 @@ def test_thresholds_are_taken_from_an_earlier_ensemble_without_reading_val(
         json.dumps({"mask_threshold": 0.55, "thresholds": {"crack": 0.9, "pothole": 0.6}})
     )
     out = tmp_path / "joined"
-    argv = ["ensemble", str(tmp_path / "no-data"), str(ROAD), str(ROAD_INT8), "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", [*argv, "--thresholds-from", str(log)])
-    main()
+    argv = [str(tmp_path / "no-data"), str(ROAD), str(ROAD_INT8), "--out", str(out)]
+    done = ensemble_cli(*argv, "--thresholds-from", str(log))
+    assert done.returncode == 0, done.stderr
     spec = LoadedModel.load(out, threads=1).spec
     assert spec.output.masks is not None and spec.output.masks.threshold == 0.55
     assert spec.thresholds.per_class == {"crack": 0.9, "pothole": 0.6}
@@ -140,8 +148,9 @@ def test_thresholds_are_taken_from_an_earlier_ensemble_without_reading_val(
         ({"mask_threshold": 1.5, "thresholds": {"crack": 0.9, "pothole": 0.6}}, "between 0 and 1"),
     ]:
         log.write_text(json.dumps(bad))
-        with pytest.raises(SystemExit, match=message):
-            main()
+        done = ensemble_cli(*argv, "--thresholds-from", str(log))
+        assert done.returncode != 0
+        assert re.search(message, done.stderr), done.stderr
 
 
 def test_the_networks_of_an_ensemble_taken_apart_and_joined_again_give_it_back(
