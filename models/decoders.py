@@ -161,29 +161,29 @@ def mask_groups(prob: F32, threshold: float, join: int, min_pixels: int) -> tupl
 
 
 def mask_detections(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
-    """The detections of ``output.masks``: its probability map per class scaled to the
-    input size, then ``mask_groups``."""
-    masks = spec.output.masks
-    if masks is None:
-        return Decoded.empty()
-    if masks.output >= len(outputs):
-        raise DecodeError(
-            f"model.yaml reads masks from output {masks.output}; the model has "
-            f"{len(outputs)} output(s)"
-        )
-    prob = np.asarray(outputs[masks.output], np.float32)
-    c = len(spec.classes)
-    if prob.ndim != 4 or prob.shape[0] != 1 or prob.shape[1] != c:
-        raise DecodeError(f"mask output must be [1, {c}, H, W], got {list(prob.shape)}")
+    """The detections of ``output.masks``: for each entry, its output's probability map of
+    each of its classes scaled to the input size, then ``mask_groups``."""
     size = spec.input.size
+    c = len(spec.classes)
     parts = []
-    for name in masks.classes:
-        cls = spec.classes.index(name)
-        if prob[0, cls].max() < masks.threshold:  # nor can any pixel scaled from it
-            continue
-        scaled = cv2.resize(prob[0, cls], size, interpolation=cv2.INTER_LINEAR)
-        boxes, scores = mask_groups(scaled, masks.threshold, masks.join, masks.min_pixels)
-        parts.append(Decoded(boxes, scores, np.full(len(scores), cls, np.int32)))
+    for masks in spec.output.mask_outputs:
+        if masks.output >= len(outputs):
+            raise DecodeError(
+                f"model.yaml reads masks from output {masks.output}; the model has "
+                f"{len(outputs)} output(s)"
+            )
+        prob = np.asarray(outputs[masks.output], np.float32)
+        if prob.ndim != 4 or prob.shape[0] != 1 or prob.shape[1] != c:
+            raise DecodeError(
+                f"mask output {masks.output} must be [1, {c}, H, W], got {list(prob.shape)}"
+            )
+        for name in masks.classes:
+            cls = spec.classes.index(name)
+            if prob[0, cls].max() < masks.threshold:  # nor can any pixel scaled from it
+                continue
+            scaled = cv2.resize(prob[0, cls], size, interpolation=cv2.INTER_LINEAR)
+            boxes, scores = mask_groups(scaled, masks.threshold, masks.join, masks.min_pixels)
+            parts.append(Decoded(boxes, scores, np.full(len(scores), cls, np.int32)))
     if not parts:
         return Decoded.empty()
     return Decoded(
@@ -208,7 +208,13 @@ def _finish(
     if spec.output.boxes_normalized:
         boxes = boxes * np.asarray([*spec.input.size, *spec.input.size], np.float32)
     if spec.output.masks is not None:  # these classes come from the mask, not the boxes
-        from_boxes = ~np.isin(classes, [spec.classes.index(n) for n in spec.output.masks.classes])
+        named = [
+            spec.classes.index(n)
+            for m in spec.output.mask_outputs
+            if not m.with_boxes
+            for n in m.classes
+        ]
+        from_boxes = ~np.isin(classes, named)
         m = mask_detections(outputs, spec)
         boxes = np.concatenate([boxes[from_boxes], m.boxes])
         scores = np.concatenate([scores[from_boxes], m.scores])

@@ -62,7 +62,7 @@ class MaskOutput(_Model):
     classes: list[str] = Field(
         min_length=1,
         description="Classes found from the mask (their boxes from the box output are "
-        "ignored): each group of pixels at or above `threshold` is one detection, its box "
+        "ignored unless `with_boxes`): each group of pixels at or above `threshold` is one detection, its box "
         "the bounding box of those pixels, its score their highest probability.",
     )
     threshold: float = Field(
@@ -78,6 +78,11 @@ class MaskOutput(_Model):
     min_pixels: int = Field(
         default=1, ge=1, description="Groups with fewer pixels (input scale) are dropped."
     )
+    with_boxes: bool = Field(
+        default=False,
+        description="Keep these classes' boxes from the box output as well: a group and a "
+        "box that overlap are one detection after NMS (the higher-scored).",
+    )
 
 
 class OutputSpec(_Model):
@@ -91,9 +96,18 @@ class OutputSpec(_Model):
     logits: bool | None = Field(
         default=None, description="classification: apply softmax (None: detect it)."
     )
-    masks: MaskOutput | None = Field(
-        default=None, description="Detectors: classes read from a probability-map output."
+    masks: MaskOutput | list[MaskOutput] | None = Field(
+        default=None,
+        description="Detectors: classes read from a probability-map output (a list: "
+        "different classes from different outputs or with different settings).",
     )
+
+    @property
+    def mask_outputs(self) -> list[MaskOutput]:
+        """`masks` as a list (empty without masks)."""
+        if self.masks is None:
+            return []
+        return self.masks if isinstance(self.masks, list) else [self.masks]
 
 
 class Thresholds(_Model):
@@ -145,10 +159,14 @@ class ModelSpec(_Model):
         unknown = set(self.regions) - set(self.classes)
         if unknown:
             raise ValueError(f"regions of unknown classes: {', '.join(sorted(unknown))}")
-        masks = self.output.masks
-        unknown = set(masks.classes) - set(self.classes) if masks else set()
+        masks = self.output.mask_outputs
+        named = [name for m in masks for name in m.classes]
+        unknown = set(named) - set(self.classes)
         if unknown:
             raise ValueError(f"masks of unknown classes: {', '.join(sorted(unknown))}")
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ValueError(f"masks name a class more than once: {', '.join(twice)}")
         if masks and self.task != "detect":
             raise ValueError("output.masks is for detectors (task detect)")
         if (self.task == "classify") != (self.output.decoder == "classification"):

@@ -37,6 +37,7 @@ import onnx.utils
 import yaml
 
 from models.decoders import region_classes
+from models.package import MaskOutput
 from models.runtime import LoadedModel
 from models.training.road_data import load_split
 from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds, run_frames
@@ -55,6 +56,11 @@ def member_spec(path: Path) -> dict[str, Any]:
         raise SystemExit(f"{path}: not a road package with a crack mask ({exc})") from None
     if masks is None or spec["output"].get("decoder") != "yolov8":
         raise SystemExit(f"{path}: not a road package with a crack mask (output.masks)")
+    if isinstance(masks, list):
+        raise SystemExit(
+            f"{path}: reads classes from more than one mask output (a fine head); "
+            "ensembles join networks with the crack mask only"
+        )
     return spec
 
 
@@ -235,7 +241,7 @@ def choose(out: Path, data: Path) -> dict[str, Any]:
     model = LoadedModel.load(out, threads=2)
     base = model.spec
     masks = base.output.masks
-    assert masks is not None  # member_spec checked it
+    assert isinstance(masks, MaskOutput)  # member_spec checked it
     regions = region_classes(base)
     best: dict[str, Any] | None = None
     for t in MASK_GRID:

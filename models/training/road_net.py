@@ -69,14 +69,36 @@ class CentreNet(nn.Module):
         h = self.head(self.features(x))
         return self.heat(h), self.box(h), self.seg(h)
 
+    def forward_fine(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward_train` and the fine segmentation logits (stride 4), for a network
+        built with `fine`."""
+        raise ValueError(f"{type(self).__name__} has no fine segmentation head")
+
+    @property
+    def fine(self) -> bool:
+        return False
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
+FINE = 4  # the stride of the fine segmentation head
+
+
 class RoadNet(CentreNet):
-    def __init__(self, classes: int = 2, width: int = 16, stride: int = STRIDE) -> None:
+    """`fine`: a light segmentation head at stride 4 besides the stride-8 heads (the
+    stride-4 stem and the upsampled pyramid, 16 channels): masks sharp enough to read
+    small potholes from as blobs, the way the ground truth is made."""
+
+    def __init__(
+        self, classes: int = 2, width: int = 16, stride: int = STRIDE, fine: bool = False
+    ) -> None:
         if stride not in (4, 8):
             raise ValueError(f"stride {stride}: RoadNet has outputs at stride 4 or 8")
+        if fine and stride != STRIDE:
+            raise ValueError("the fine segmentation head goes with stride 8 outputs")
         w = width
         super().__init__(classes, w * 4, stride)
         self.stem = nn.Sequential(conv_bn(3, w, 3, 2), conv_bn(w, w * 2, 3, 2), Residual(w * 2))
@@ -87,8 +109,32 @@ class RoadNet(CentreNet):
         self.lat16 = conv_bn(w * 8, w * 4, 1)
         if stride == 4:
             self.lat4 = conv_bn(w * 2, w * 4, 1)
+        self.fine_head: nn.Module | None = None
+        if fine:
+            self.fine_stem = conv_bn(w * 2, 16, 1)
+            self.fine_top = conv_bn(w * 4, 16, 1)
+            self.fine_head = nn.Sequential(conv_bn(16, 16), nn.Conv2d(16, classes, 1))
+
+    @property
+    def fine(self) -> bool:
+        return self.fine_head is not None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pyramid(x)[1]
+
+    def forward_fine(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.fine_head is None:
+            return super().forward_fine(x)
+        c4, p = self.pyramid(x)
+        h = self.head(p)
+        top = F.interpolate(self.fine_top(p), size=c4.shape[-2:], mode="nearest")
+        fine = self.fine_head(self.fine_stem(c4) + top)
+        return self.heat(h), self.box(h), self.seg(h), fine
+
+    def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stride-4 stem's map and the pyramid at the output stride."""
         c4 = self.stem(x)
         c8 = self.s8(c4)
         c16 = self.s16(c8)
@@ -99,7 +145,7 @@ class RoadNet(CentreNet):
         p = c8 + F.interpolate(p, size=c8.shape[-2:], mode="nearest")
         if self.stride == 4:
             p = self.lat4(c4) + F.interpolate(p, size=c4.shape[-2:], mode="nearest")
-        return p
+        return c4, p
 
 
 # MobileNetV2's inverted residual stages: expansion, channels, repeats, first stride
@@ -224,14 +270,27 @@ class Decoder(nn.Module):
 
 class Exported(Decoder):
     """A CentreNet and its `Decoder`: images in, the package's outputs out (`masks`: the
-    segmentation probabilities as the second output)."""
+    segmentation probabilities as the second output; `fine`: the fine head's
+    probabilities, stride 4, as the third)."""
 
-    def __init__(self, net: CentreNet, height: int, width: int, masks: bool = False) -> None:
+    def __init__(
+        self, net: CentreNet, height: int, width: int, masks: bool = False, fine: bool = False
+    ) -> None:
         super().__init__(net.stride, height, width)
+        if fine and not (masks and net.fine):
+            raise ValueError("the fine output goes with masks and a network with a fine head")
         self.net = net
         self.masks = masks
+        self.fine = fine
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, ...]:
+        if self.fine:
+            parts = self.net.forward_fine(x)
+            decoded = self.decode(*parts[:3])
+            assert isinstance(decoded, tuple)  # with the segmentation logits
+            return (*decoded, torch.sigmoid(parts[3]))
         if self.masks:
             heat, box, seg = self.net.forward_train(x)
         else:

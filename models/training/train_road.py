@@ -72,7 +72,7 @@ from models.training.road_data import (
     load_split,
 )
 from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds
-from models.training.road_net import STRIDE, CentreNet, Exported, MobileRoadNet, RoadNet
+from models.training.road_net import FINE, STRIDE, CentreNet, Exported, MobileRoadNet, RoadNet
 
 INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
 CROP = (384, 256)
@@ -320,6 +320,24 @@ def seg_target(img: U8, stride: int = STRIDE) -> F32:
     return np.transpose(cells, (2, 0, 1)).astype(np.float32)
 
 
+def fine_target(img: U8) -> F32:
+    """The mask channels at the fine head's stride: the share of each cell's pixels that
+    are the class (soft targets, so that a blob's extent is learnt to the pixel)."""
+    m = (img[:, :, 3:5] > 127).astype(np.float32)
+    h, w = m.shape[0] // FINE, m.shape[1] // FINE
+    cells = m[: h * FINE, : w * FINE].reshape(h, FINE, w, FINE, -1).mean(axis=(1, 3))
+    return np.ascontiguousarray(np.transpose(cells, (2, 0, 1)), np.float32)
+
+
+def fine_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of both classes and a soft Dice of the pothole map (potholes
+    cover a thousandth of the pixels: the Dice term keeps their blobs from vanishing)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p, t = torch.sigmoid(logits[:, 1]), target[:, 1]
+    dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    return bce + dice
+
+
 def to_tensor(images: list[U8]) -> torch.Tensor:
     x = torch.from_numpy(np.stack([i[:, :, :3] for i in images]))
     x = x.permute(0, 3, 1, 2).float().div_(255)
@@ -328,6 +346,12 @@ def to_tensor(images: list[U8]) -> torch.Tensor:
 
 Prediction = tuple[F32, F32, npt.NDArray[np.int64]]
 MASK_MIN_PIXELS = 32  # input pixels: smaller crack groups are specks
+POTHOLE_GRID = (0.3, 0.4, 0.5, 0.6)  # fine pothole-map thresholds tried on val
+
+
+def pothole_min_pixels() -> int:
+    """The ground truth's smallest pothole blob (``POTHOLE_MIN_AREA``) at the input scale."""
+    return max(1, round(POTHOLE_MIN_AREA * (INPUT[0] / SOURCE_SIZE[0]) ** 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,27 +361,57 @@ class Predicted:
 
     boxes: list[Prediction]
     crack: list[F32] | None
+    pothole: list[F32] | None = None  # the fine head's pothole map (stride 4)
 
-    def with_mask(self, threshold: float) -> list[Prediction]:
+    def with_mask(
+        self, threshold: float, pothole: float | None = None, with_boxes: bool = False
+    ) -> list[Prediction]:
         """Cracks from the mask as the runtime finds them (``output.masks``): the map at
         the input size, pixels >= `threshold`, parts within the crack-region join distance
-        one region; potholes from the boxes."""
+        one region; potholes from the boxes, or with a `pothole` threshold from the fine
+        pothole map, one per blob of touching pixels (as the ground truth is made), and
+        `with_boxes` from both (a blob and a box that overlap: the higher-scored one)."""
         if self.crack is None:
             return self.boxes
         scale = np.float32(SOURCE_SIZE[0] / INPUT[0])
+        fine = self.pothole if pothole is not None else None
         out = []
-        for (boxes, conf, cls), prob in zip(self.boxes, self.crack, strict=True):
-            scaled = np.asarray(cv2.resize(prob, INPUT, interpolation=cv2.INTER_LINEAR), np.float32)
-            regions, scores = mask_groups(scaled, threshold, crack_join(), MASK_MIN_PIXELS)
+        for i, ((boxes, conf, cls), prob) in enumerate(zip(self.boxes, self.crack, strict=True)):
+            regions, scores = mask_groups(upscaled(prob), threshold, crack_join(), MASK_MIN_PIXELS)
             keep = cls != 0
+            parts = [(boxes[keep], conf[keep], cls[keep])]
+            if fine is not None and pothole is not None:
+                blobs, best = mask_groups(upscaled(fine[i]), pothole, 0, pothole_min_pixels())
+                if with_boxes:
+                    blobs, best = nms_union(boxes[keep], conf[keep], blobs * scale, best)
+                else:
+                    blobs = blobs * scale
+                parts = [(blobs, best, np.ones(len(best), np.int64))]
+            parts.append((regions * scale, scores, np.zeros(len(scores), np.int64)))
             out.append(
                 (
-                    np.concatenate([boxes[keep], regions * scale]),
-                    np.concatenate([conf[keep], scores]),
-                    np.concatenate([cls[keep], np.zeros(len(scores), np.int64)]),
+                    np.concatenate([b for b, _, _ in parts]),
+                    np.concatenate([c for _, c, _ in parts]),
+                    np.concatenate([k for _, _, k in parts]),
                 )
             )
         return out
+
+
+def nms_union(boxes: F32, scores: F32, more: F32, more_scores: F32) -> tuple[F32, F32]:
+    """Two sets of boxes of one class as one, overlapping ones (IoU >= 0.45, the package's
+    NMS) reduced to the higher-scored, as the runtime's NMS does."""
+    b, s = np.concatenate([boxes, more]), np.concatenate([scores, more_scores])
+    if not len(b):
+        return b.reshape(-1, 4), s
+    picked = cv2.dnn.NMSBoxes(np.c_[b[:, :2], b[:, 2:] - b[:, :2]].tolist(), s.tolist(), 0.0, 0.45)
+    idx = np.asarray(picked, np.int64).reshape(-1)
+    return b[idx], s[idx]
+
+
+def upscaled(prob: F32) -> F32:
+    """A probability map at the input size."""
+    return np.asarray(cv2.resize(prob, INPUT, interpolation=cv2.INTER_LINEAR), np.float32)
 
 
 def crack_join() -> int:
@@ -368,17 +422,20 @@ def crack_join() -> int:
 def predict(net: CentreNet, images: list[U8], masks: bool = False) -> Predicted:
     """Boxes (source pixels), scores, classes per image, at a low score floor, after NMS;
     with `masks` also the crack probability maps."""
-    exported = Exported(net, INPUT[1], INPUT[0], masks=masks).eval()
+    exported = Exported(net, INPUT[1], INPUT[0], masks=masks, fine=masks and net.fine).eval()
     out: list[Prediction] = []
     crack: list[F32] = []
+    pothole: list[F32] = []
     with torch.no_grad():
         for i in range(0, len(images), 16):
             y = exported(to_tensor(images[i : i + 16]))
             if isinstance(y, tuple):
-                y, seg = y
-                crack.extend(seg[:, 0].numpy())
+                crack.extend(y[1][:, 0].numpy())
+                if len(y) > 2:
+                    pothole.extend(y[2][:, 1].numpy())
+                y = y[0]
             out.extend(decode(o) for o in y.numpy())
-    return Predicted(out, crack if masks else None)
+    return Predicted(out, crack if masks else None, pothole if pothole else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,11 +444,16 @@ class Selection:
     thresholds: dict[str, float]
     mask_threshold: float | None
     figures: dict[str, Any]
+    pothole_threshold: float | None = None  # potholes from the fine map at this threshold
+    pothole_with_boxes: bool = False  # ... and from the boxes as well
 
 
 def select(frames: list[Frame], predicted: Predicted) -> Selection:
-    """The score thresholds (and with masks the crack-mask threshold) with the best F1 on
-    `frames` (validation data), and the figures at them."""
+    """The score thresholds (and with masks the crack-mask threshold; with a fine head,
+    whether potholes come from the boxes or the fine map, and its threshold) with the
+    best F1 on `frames` (validation data), and the figures at them. The classes are
+    measured apart (crack regions and potholes do not match each other), so the crack
+    threshold is chosen first and the pothole source at it."""
     best: Selection | None = None
     for t in MASK_GRID if predicted.crack is not None else (None,):
         preds = predicted.with_mask(t) if t is not None else predicted.boxes
@@ -403,6 +465,25 @@ def select(frames: list[Frame], predicted: Predicted) -> Selection:
         if best is None or score > best.score:
             best = Selection(score, thresholds, t, figures)
     assert best is not None
+    if predicted.pothole is None or best.mask_threshold is None:
+        return best
+    crack = best.figures["crack"]
+    by_source = {"boxes": best.figures["pothole"]["ap50"]}
+    for pt, with_boxes in ((pt, b) for pt in POTHOLE_GRID for b in (False, True)):
+        preds = [  # potholes only: the crack regions are those of `best`
+            (b[c == 1], s[c == 1], c[c == 1])
+            for b, s, c in predicted.with_mask(best.mask_threshold, pt, with_boxes)
+        ]
+        pothole = pick_thresholds(frames, preds, REGIONS)["pothole"]
+        thresholds = best.thresholds | {"pothole": pothole}
+        figures = evaluate(frames, preds, thresholds, REGIONS)["pothole"]
+        figures |= {"mask_threshold": pt, "with_boxes": with_boxes}
+        by_source[f"mask {pt}{' + boxes' if with_boxes else ''}"] = figures["ap50"]
+        score = figures["ap50"] + crack["f1"]
+        if score > best.score:
+            chosen = {"crack": crack, "pothole": figures}
+            best = Selection(score, thresholds, best.mask_threshold, chosen, pt, with_boxes)
+    best.figures["pothole"]["ap50_by_source"] = by_source
     return best
 
 
@@ -437,13 +518,17 @@ def export(
     size: tuple[int, int] | None = None,
     extra: dict[str, Any] | None = None,
     mask_threshold: float | None = None,
+    pothole_threshold: float | None = None,
+    pothole_with_boxes: bool = False,
 ) -> None:
     """Write model.onnx (YOLOv8 layout) and its model.yaml into `out`; with a
-    `mask_threshold`, cracks are read from the segmentation output (``output.masks``)."""
+    `mask_threshold`, cracks are read from the segmentation output (``output.masks``);
+    with a `pothole_threshold` too, potholes from the fine head's output (a third one)."""
     size = size or INPUT
     out.mkdir(parents=True, exist_ok=True)
     masks = mask_threshold is not None
-    exported = Exported(net, size[1], size[0], masks=masks).eval()
+    fine = masks and pothole_threshold is not None
+    exported = Exported(net, size[1], size[0], masks=masks, fine=fine).eval()
     path = out / "model.onnx"
     torch.onnx.export(
         exported,
@@ -451,7 +536,7 @@ def export(
         str(path),
         opset_version=17,
         input_names=["images"],
-        output_names=["output0", "masks"] if masks else ["output0"],
+        output_names=["output0", "masks", "fine"][: 1 + masks + fine],
         dynamo=False,
     )
     model = onnx.load(str(path))
@@ -486,6 +571,18 @@ def export(
             "join": crack_join(),
             "min_pixels": MASK_MIN_PIXELS,
         }
+    if fine:
+        spec["output"]["masks"] = [
+            spec["output"]["masks"],
+            {
+                "output": 2,
+                "classes": ["pothole"],
+                "threshold": pothole_threshold,
+                "join": 0,
+                "min_pixels": pothole_min_pixels(),
+                "with_boxes": pothole_with_boxes,
+            },
+        ]
     (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
@@ -526,7 +623,7 @@ def network(args: argparse.Namespace) -> CentreNet:
         if args.stride != STRIDE:
             raise SystemExit(f"--stride {args.stride}: the mobilenetv2 backbone has stride 8 only")
         return MobileRoadNet(len(CLASSES))
-    return RoadNet(len(CLASSES), args.width, args.stride)
+    return RoadNet(len(CLASSES), args.width, args.stride, fine=args.pothole_from == "mask")
 
 
 def export_checkpoint(args: argparse.Namespace) -> None:
@@ -545,6 +642,8 @@ def export_checkpoint(args: argparse.Namespace) -> None:
         DESCRIPTION,
         extra={"regions": REGION_CLASSES},
         mask_threshold=chosen.mask_threshold,
+        pothole_threshold=chosen.pothole_threshold,
+        pothole_with_boxes=chosen.pothole_with_boxes,
     )
 
 
@@ -574,6 +673,8 @@ def refit_choice(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "thresholds": chosen["thresholds"],
         "mask_threshold": chosen.get("mask_threshold"),
+        "pothole_threshold": chosen.get("pothole_threshold"),
+        "pothole_with_boxes": chosen.get("pothole_with_boxes", False),
         "epoch": int(chosen["epoch"]),
         "refit_of": {"log": str(args.refit), "epoch": chosen["epoch"], "val": chosen["val"]},
     }
@@ -651,6 +752,14 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "output, grouped as the ground truth is); boxes: from the centre-point boxes",
     )
     ap.add_argument(
+        "--pothole-from",
+        choices=("boxes", "mask"),
+        default="boxes",
+        help="boxes: potholes from the centre-point boxes; mask: also train a fine "
+        "segmentation head (stride 4) and let val choose between the boxes and its "
+        "pothole blobs (a third output)",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run whose state is in OUT/last.pt (same arguments)",
@@ -669,6 +778,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         help="export OUT/best.pt (the best checkpoint so far of a run) without training",
     )
     args = ap.parse_args()
+    if args.pothole_from == "mask" and (args.crack_from != "mask" or args.backbone != "plain"):
+        ap.error("--pothole-from mask goes with --crack-from mask and the plain backbone")
     global INPUT  # noqa: PLW0603 - one input size for the whole run, set once here
     INPUT = args.input
     if args.export_only:
@@ -733,7 +844,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         rng.shuffle(pool)
         losses = []
         for step in range(steps_per_epoch):
-            imgs, heats, boxes, masks, segs = [], [], [], [], []
+            imgs, heats, boxes, masks, segs, fines = [], [], [], [], [], []
             for i in pool[step * args.batch : (step + 1) * args.batch]:
                 img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
                 if patches and rng.random() < args.copy_paste:
@@ -743,6 +854,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 )
                 h, bx, m = targets(b, c, gh, gw, stride=net.stride)
                 segs.append(seg_target(img, net.stride))
+                if net.fine:
+                    fines.append(fine_target(img))
                 imgs.append(img)
                 heats.append(h)
                 boxes.append(bx)
@@ -750,7 +863,12 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             heat_t = torch.from_numpy(np.stack(heats))
             box_t = torch.from_numpy(np.stack(boxes))
             mask_t = torch.from_numpy(np.stack(masks)).unsqueeze(1)
-            heat_p, box_p, seg_p = net.forward_train(to_tensor(imgs))
+            if net.fine:
+                heat_p, box_p, seg_p, fine_p = net.forward_fine(to_tensor(imgs))
+                extra = fine_loss(fine_p, torch.from_numpy(np.stack(fines)))
+            else:
+                heat_p, box_p, seg_p = net.forward_train(to_tensor(imgs))
+                extra = torch.zeros(())
             seg_t = torch.from_numpy(np.stack(segs))
             seg = F.binary_cross_entropy_with_logits(
                 seg_p, seg_t, pos_weight=torch.tensor([4.0, 8.0]).view(1, 2, 1, 1)
@@ -760,7 +878,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 F.l1_loss(torch.sigmoid(box_p[:, :2]), box_t[:, :2], reduction="none") * mask_t
             ).sum() / n
             size = (F.l1_loss(box_p[:, 2:], box_t[:, 2:], reduction="none") * mask_t).sum() / n
-            loss = focal(heat_p, heat_t) + off + size + seg
+            loss = focal(heat_p, heat_t) + off + size + seg + extra
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
@@ -782,6 +900,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                         "epoch": epoch + 1,
                         "thresholds": chosen.thresholds,
                         "mask_threshold": chosen.mask_threshold,
+                        "pothole_threshold": chosen.pothole_threshold,
+                        "pothole_with_boxes": chosen.pothole_with_boxes,
                         "val": chosen.figures,
                     },
                 )
@@ -812,6 +932,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         (args.out / "best.pt").unlink()
         summary = f"best epoch {best[1]['epoch']}: {json.dumps(best[1]['val'])}"
     last.unlink()
+    torch.save(net.state_dict(), args.out / "model.pt")  # for analysis and other exports
     export(
         net.eval(),
         args.out,
@@ -819,6 +940,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         DESCRIPTION,
         extra={"regions": REGION_CLASSES},
         mask_threshold=best[1].get("mask_threshold"),
+        pothole_threshold=best[1].get("pothole_threshold"),
+        pothole_with_boxes=best[1].get("pothole_with_boxes", False),
     )
     (args.out / "train-log.json").write_text(
         json.dumps(

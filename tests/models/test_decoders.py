@@ -202,7 +202,7 @@ def test_mask_output_errors_are_named() -> None:
     with pytest.raises(DecodeError, match=r"masks from output 1; the model has 1 output"):
         yolov8([rows], mask_spec())
     with pytest.raises(
-        DecodeError, match=r"mask output must be \[1, 3, H, W\], got \[1, 2, 8, 8\]"
+        DecodeError, match=r"mask output 1 must be \[1, 3, H, W\], got \[1, 2, 8, 8\]"
     ):
         yolov8([rows, np.zeros((1, 2, 8, 8), np.float32)], mask_spec())
     with pytest.raises(ValueError, match="masks of unknown classes: road"):
@@ -212,6 +212,64 @@ def test_mask_output_errors_are_named() -> None:
             "classification",
             task="classify",
             output={"decoder": "classification", "masks": {"classes": ["crack"]}},
+        )
+
+
+def test_mask_outputs_each_with_their_own_classes_and_settings() -> None:
+    """A list under output.masks: cracks from output 1 joined over 33 px, potholes from a
+    finer output 2, one per blob of touching pixels, at their own threshold; boxes of both
+    classes from the box output are ignored."""
+    coarse = np.zeros((1, 3, 160, 160), np.float32)  # stride 4
+    coarse[0, 0, 25:27, 10:20] = 0.9  # crack, input rows 100-108, columns 40-80
+    coarse[0, 0, 25:27, 26:36] = 0.9  # 24 px further: the same region with join 33
+    coarse[0, 1, 100:120, 100:120] = 0.99  # pothole in the coarse output: not read
+    fine = np.zeros((1, 3, 320, 320), np.float32)  # stride 2
+    fine[0, 1, 50:60, 50:60] = 0.7  # pothole, input (100, 100)-(120, 120)
+    fine[0, 1, 50:60, 62:72] = 0.45  # a blob 4 px away: separate (join 0), score 0.45
+    fine[0, 1, 200:210, 200:210] = 0.3  # under the pothole threshold 0.4
+    fine[0, 0, 250:300, 250:300] = 0.99  # crack in the fine output: not read
+    rows = np.array([[300, 300, 60, 60, 0.9, 0.9, 0.0]], np.float32)  # boxes: ignored
+    s = spec(
+        output={
+            "decoder": "yolov8",
+            "masks": [
+                {"output": 1, "classes": ["crack"], "threshold": 0.5, "join": 33},
+                {"output": 2, "classes": ["pothole"], "threshold": 0.4, "min_pixels": 20},
+            ],
+        }
+    )
+    found = boxes(yolov8([rows.T[np.newaxis], coarse, fine], s))
+    assert [(c, score) for c, score, _ in found] == [(0, 0.9), (1, 0.7), (1, 0.45)]
+    assert found[0][2] == pytest.approx([40, 100, 144, 108], abs=3)
+    assert found[1][2] == pytest.approx([100, 100, 120, 120], abs=2)
+    assert found[2][2] == pytest.approx([124, 100, 144, 120], abs=2)
+    with pytest.raises(DecodeError, match=r"masks from output 2; the model has 2 output"):
+        yolov8([rows.T[np.newaxis], coarse], s)
+    # with_boxes: the pothole boxes are kept too; one that overlaps a blob is one detection
+    both = [
+        {"output": 1, "classes": ["crack"], "threshold": 0.5, "join": 33},
+        {"output": 2, "classes": ["pothole"], "threshold": 0.4, "with_boxes": True},
+    ]
+    s = spec(output={"decoder": "yolov8", "masks": both})
+    rows = np.array(
+        [
+            [300, 300, 60, 60, 0.0, 0.9, 0.0],  # a pothole box on its own: kept
+            [110, 110, 20, 20, 0.0, 0.6, 0.0],  # over the 0.7 blob: NMS keeps the blob
+        ],
+        np.float32,
+    )
+    found = boxes(yolov8([rows.T[np.newaxis], coarse, fine], s))
+    assert [(c, score) for c, score, _ in found] == [(1, 0.9), (0, 0.9), (1, 0.7), (1, 0.45)]
+    assert found[0][2] == pytest.approx([270, 270, 330, 330])
+
+
+def test_a_class_from_two_mask_outputs_is_refused() -> None:
+    with pytest.raises(ValueError, match="masks name a class more than once: crack"):
+        spec(
+            output={
+                "decoder": "yolov8",
+                "masks": [{"classes": ["crack"]}, {"output": 2, "classes": ["crack", "pothole"]}],
+            }
         )
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 
 from models.package import ModelError
 from models.runtime import LoadedModel
@@ -113,6 +114,12 @@ def test_a_package_without_a_crack_mask_is_refused(tmp_path: Path) -> None:
     shutil.copytree(ROAD, tmp_path / "road")
     (tmp_path / "road" / "model.yaml").write_text("name: [unclosed\n")
     with pytest.raises(SystemExit, match="not a road package"):
+        member_spec(tmp_path / "road")
+    spec = yaml.safe_load((ROAD / "model.yaml").read_text())
+    fine = {"output": 2, "classes": ["pothole"], "threshold": 0.4}
+    spec["output"]["masks"] = [spec["output"]["masks"], fine]
+    (tmp_path / "road" / "model.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit, match="more than one mask output"):
         member_spec(tmp_path / "road")
 
 
