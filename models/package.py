@@ -62,8 +62,9 @@ class MaskOutput(_Model):
     classes: list[str] = Field(
         min_length=1,
         description="Classes found from the mask (their boxes from the box output are "
-        "ignored unless `with_boxes`): each group of pixels at or above `threshold` is one detection, its box "
-        "the bounding box of those pixels, its score their highest probability.",
+        "ignored unless `with_boxes`): each group of pixels at or above `threshold` is one "
+        "detection, its box the bounding box of those pixels, its score their highest "
+        "probability.",
     )
     threshold: float = Field(
         default=0.5, gt=0, lt=1, description="Probability from which a pixel is the class."

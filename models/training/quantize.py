@@ -85,7 +85,9 @@ def main() -> None:
     ap.add_argument("--calibrate", type=Path, required=True, help="a road-dnit list file")
     ap.add_argument("--frames", type=int, default=96)
     ap.add_argument(
-        "--keep-float", default="heat,box,seg", help="output convolutions kept in float"
+        "--keep-float",
+        default="heat,box,seg,fine_head.1",
+        help="output convolutions kept in float",
     )
     args = ap.parse_args()
     spec = load_spec(args.package)

@@ -31,7 +31,13 @@ than the box centres alone. With ``--crack-from mask`` (the default) its crack m
 exported as a second output and the crack regions are read from it the way the ground
 truth is made from the masks (model.yaml ``output.masks``: pixels above a threshold
 picked on val, parts closer than the crack-region join distance one region); potholes
-always come from the centre-point boxes.
+come from the centre-point boxes. ``--pothole-from mask`` adds a light segmentation head
+at stride 4 (``road_net.RoadNet(fine=True)``: soft per-pixel targets, cross-entropy and a
+Dice term for the rare pothole pixels) and lets val choose, at each validation, between
+the boxes, the fine map's pothole blobs (one per blob of touching pixels, as the ground
+truth is made) and both (overlaps reduced by NMS); when the blobs are chosen the fine map
+is exported as a third output (model.yaml ``output.masks`` lists both maps). The exported
+network's weights are kept as ``OUT/model.pt``.
 
 Augmentation: random scale (0.7-1.3, ``--scale``) and crop, horizontal flip, brightness/contrast/
 saturation jitter, occasional blur (``--photometric strong`` adds white balance, gamma,
