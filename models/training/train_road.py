@@ -380,14 +380,15 @@ class Predicted:
         if self.crack is None:
             return self.boxes
         scale = np.float32(SOURCE_SIZE[0] / INPUT[0])
-        fine = self.pothole if pothole is not None else None
         out = []
         for i, ((boxes, conf, cls), prob) in enumerate(zip(self.boxes, self.crack, strict=True)):
             regions, scores = mask_groups(upscaled(prob), threshold, crack_join(), MASK_MIN_PIXELS)
             keep = cls != 0
             parts = [(boxes[keep], conf[keep], cls[keep])]
-            if fine is not None and pothole is not None:
-                blobs, best = mask_groups(upscaled(fine[i]), pothole, 0, pothole_min_pixels())
+            if pothole is not None and self.pothole is not None:
+                blobs, best = mask_groups(
+                    upscaled(self.pothole[i]), pothole, 0, pothole_min_pixels()
+                )
                 if with_boxes:
                     blobs, best = nms_union(boxes[keep], conf[keep], blobs * scale, best)
                 else:
