@@ -454,6 +454,23 @@ class Selection:
     pothole_threshold: float | None = None  # potholes from the fine map at this threshold
     pothole_with_boxes: bool = False  # ... and from the boxes as well
 
+    def decoding(self) -> dict[str, Any]:
+        """How the outputs are read (``export``'s keywords; kept in the train log)."""
+        return {k: getattr(self, k) for k in DECODING}
+
+
+# how a run's outputs are read, with the value a train log without the key means
+DECODING: dict[str, Any] = {
+    "mask_threshold": None,
+    "pothole_threshold": None,
+    "pothole_with_boxes": False,
+}
+
+
+def decoding_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """`Selection.decoding` as a train log's ``best`` entry recorded it."""
+    return {k: entry.get(k, default) for k, default in DECODING.items()}
+
 
 def select(frames: list[Frame], predicted: Predicted) -> Selection:
     """The score thresholds (and with masks the crack-mask threshold; with a fine head,
@@ -648,9 +665,7 @@ def export_checkpoint(args: argparse.Namespace) -> None:
         chosen.thresholds,
         DESCRIPTION,
         extra={"regions": REGION_CLASSES},
-        mask_threshold=chosen.mask_threshold,
-        pothole_threshold=chosen.pothole_threshold,
-        pothole_with_boxes=chosen.pothole_with_boxes,
+        **chosen.decoding(),
     )
 
 
@@ -679,9 +694,7 @@ def refit_choice(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--refit {args.refit}: arguments differ: " + ", ".join(differ))
     return {
         "thresholds": chosen["thresholds"],
-        "mask_threshold": chosen.get("mask_threshold"),
-        "pothole_threshold": chosen.get("pothole_threshold"),
-        "pothole_with_boxes": chosen.get("pothole_with_boxes", False),
+        **decoding_of(chosen),
         "epoch": int(chosen["epoch"]),
         "refit_of": {"log": str(args.refit), "epoch": chosen["epoch"], "val": chosen["val"]},
     }
@@ -906,9 +919,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                     {
                         "epoch": epoch + 1,
                         "thresholds": chosen.thresholds,
-                        "mask_threshold": chosen.mask_threshold,
-                        "pothole_threshold": chosen.pothole_threshold,
-                        "pothole_with_boxes": chosen.pothole_with_boxes,
+                        **chosen.decoding(),
                         "val": chosen.figures,
                     },
                 )
@@ -946,9 +957,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         best[1]["thresholds"],
         DESCRIPTION,
         extra={"regions": REGION_CLASSES},
-        mask_threshold=best[1].get("mask_threshold"),
-        pothole_threshold=best[1].get("pothole_threshold"),
-        pothole_with_boxes=best[1].get("pothole_with_boxes", False),
+        **decoding_of(best[1]),
     )
     (args.out / "train-log.json").write_text(
         json.dumps(
