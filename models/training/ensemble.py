@@ -184,6 +184,14 @@ def decoder_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.utils.Extractor(model).extract_model(list(HEADS), outputs)
 
 
+def decoding(decoder: onnx.ModelProto) -> int:
+    """The sigmoids of a decoding subgraph: those of the heat and segmentation logits, and
+    with ``train_road --boxes centre`` the two box offsets squashed into their cell (the
+    node order is no guide: the int8 export rearranges it). Members whose counts differ
+    have box logits that mean different things."""
+    return sum(n.op_type == "Sigmoid" for n in decoder.graph.node)
+
+
 def join(
     paths: list[Path], specs: list[dict[str, Any]], picks: list[int | None] | None = None
 ) -> onnx.ModelProto:
@@ -208,7 +216,13 @@ def join(
             "the members' heads differ in shape (output stride or classes): "
             + ", ".join(map(str, paths))
         )
-    decoder = decoder_graph(graphs[0])
+    decoders = [decoder_graph(g) for g in graphs]
+    if any(decoding(d) != decoding(decoders[0]) for d in decoders):
+        raise SystemExit(
+            "the members decode their heads differently (e.g. train_road --boxes centre "
+            "and dense): " + ", ".join(map(str, paths))
+        )
+    decoder = decoders[0]
     counts = [networks(g) for g in graphs]
     shares = weights(counts)
     images = onnx.ValueInfoProto()

@@ -10,7 +10,12 @@ Two backbones, one head:
 Each has a top-down feature pyramid merged at stride 8 (``RoadNet(stride=4)`` carries it
 down to the stride-4 stem, for small objects, at about half the speed) and a
 CenterNet-style head: a heatmap per class (the object centre), the box size (log, in
-stride units) and the sub-cell centre offset.
+stride units) and the centre offset: with ``boxes="centre"`` (CenterNet) the sub-cell offset
+of the centre cell, the only cell the box is trained at; with ``boxes="dense"`` (as in
+TTFNet, Liu et al., 2020) the offset of the box centre from the cell's centre, unbounded,
+trained at every cell around the centre that the heatmap's Gaussian covers and at its
+eight neighbours, with a GIoU loss next to the L1 one: a peak a cell away from the centre
+still gives the whole box.
 
 For export the head is decoded inside the graph into the YOLOv8 layout the runtime reads,
 ``[1, 4 + C, N]`` (cx, cy, w, h in input pixels, then per-class scores), with the
@@ -24,6 +29,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 STRIDE = 8  # the default output stride
+BOXES = ("centre", "dense")  # how the box head is trained and decoded (see above)
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
@@ -50,13 +56,16 @@ class CentreNet(nn.Module):
     """The head shared by the backbones: `features` gives the map of `f` channels at the
     output stride `stride`."""
 
-    def __init__(self, classes: int, f: int, stride: int = STRIDE) -> None:
+    def __init__(self, classes: int, f: int, stride: int = STRIDE, boxes: str = "centre") -> None:
         super().__init__()
+        if boxes not in BOXES:
+            raise ValueError(f"boxes {boxes!r}: one of {', '.join(BOXES)}")
         self.classes = classes
         self.stride = stride
+        self.boxes = boxes
         self.head = nn.Sequential(conv_bn(f, f), conv_bn(f, f))
         self.heat = nn.Conv2d(f, classes, 1)
-        self.box = nn.Conv2d(f, 4, 1)  # dx, dy (offset in the cell), log w, log h
+        self.box = nn.Conv2d(f, 4, 1)  # dx, dy (the centre's offset), log w, log h
         self.seg = nn.Conv2d(f, classes, 1)  # auxiliary, training only
         assert self.heat.bias is not None
         nn.init.constant_(self.heat.bias, -4.6)  # prior 0.01
@@ -93,14 +102,19 @@ class RoadNet(CentreNet):
     small potholes from as blobs, the way the ground truth is made."""
 
     def __init__(
-        self, classes: int = 2, width: int = 16, stride: int = STRIDE, fine: bool = False
+        self,
+        classes: int = 2,
+        width: int = 16,
+        stride: int = STRIDE,
+        fine: bool = False,
+        boxes: str = "centre",
     ) -> None:
         if stride not in (4, 8):
             raise ValueError(f"stride {stride}: RoadNet has outputs at stride 4 or 8")
         if fine and stride != STRIDE:
             raise ValueError("the fine segmentation head goes with stride 8 outputs")
         w = width
-        super().__init__(classes, w * 4, stride)
+        super().__init__(classes, w * 4, stride, boxes)
         self.stem = nn.Sequential(conv_bn(3, w, 3, 2), conv_bn(w, w * 2, 3, 2), Residual(w * 2))
         self.s8 = nn.Sequential(conv_bn(w * 2, w * 4, 3, 2), Residual(w * 4))
         self.s16 = nn.Sequential(conv_bn(w * 4, w * 8, 3, 2), Residual(w * 8))
@@ -194,8 +208,8 @@ class MobileRoadNet(CentreNet):
     mean: torch.Tensor  # buffers: the ImageNet normalisation
     std: torch.Tensor
 
-    def __init__(self, classes: int = 2, f: int = 64) -> None:
-        super().__init__(classes, f)
+    def __init__(self, classes: int = 2, f: int = 64, boxes: str = "centre") -> None:
+        super().__init__(classes, f, boxes=boxes)
         layers: list[nn.Module] = [nn.Sequential(*conv_bn6(3, 32, 3, 2))]
         cin = 32
         for expand, cout, repeats, stride in MOBILENET_V2:
@@ -241,9 +255,10 @@ class Decoder(nn.Module):
     gx: torch.Tensor  # buffers: each output cell's column and row
     gy: torch.Tensor
 
-    def __init__(self, stride: int, height: int, width: int) -> None:
+    def __init__(self, stride: int, height: int, width: int, dense: bool = False) -> None:
         super().__init__()
         self.stride = stride
+        self.dense = dense  # boxes="dense": the offset is from the cell's centre, unbounded
         gh, gw = height // stride, width // stride
         ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
         self.register_buffer("gx", xs.reshape(1, 1, -1).float())
@@ -260,8 +275,12 @@ class Decoder(nn.Module):
             mask = torch.sigmoid(seg)
             scores = torch.sqrt(scores * F.max_pool2d(mask, 3, 1, 1))
         b = box.flatten(2)
-        cx = (self.gx + torch.sigmoid(b[:, 0:1])) * self.stride
-        cy = (self.gy + torch.sigmoid(b[:, 1:2])) * self.stride
+        if self.dense:
+            cx = (self.gx + 0.5 + b[:, 0:1]) * self.stride
+            cy = (self.gy + 0.5 + b[:, 1:2]) * self.stride
+        else:
+            cx = (self.gx + torch.sigmoid(b[:, 0:1])) * self.stride
+            cy = (self.gy + torch.sigmoid(b[:, 1:2])) * self.stride
         w = torch.exp(b[:, 2:3].clamp(-4, 6)) * self.stride
         h = torch.exp(b[:, 3:4].clamp(-4, 6)) * self.stride
         detections = torch.cat([cx, cy, w, h, scores.flatten(2)], 1)
@@ -276,7 +295,7 @@ class Exported(Decoder):
     def __init__(
         self, net: CentreNet, height: int, width: int, masks: bool = False, fine: bool = False
     ) -> None:
-        super().__init__(net.stride, height, width)
+        super().__init__(net.stride, height, width, dense=net.boxes == "dense")
         if fine and not (masks and net.fine):
             raise ValueError("the fine output goes with masks and a network with a fine head")
         self.net = net

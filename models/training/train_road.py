@@ -37,7 +37,10 @@ Dice term for the rare pothole pixels) and lets val choose, at each validation, 
 the boxes, the fine map's pothole blobs (one per blob of touching pixels, as the ground
 truth is made) and both (overlaps reduced by NMS); when the blobs are chosen the fine map
 is exported as a third output (model.yaml ``output.masks`` lists both maps). The exported
-network's weights are kept as ``OUT/model.pt``.
+network's weights are kept as ``OUT/model.pt``. ``--boxes dense`` trains the box head at
+every cell around an object's centre (its Gaussian, and the eight neighbours), not at the
+centre cell only, with the offset from each cell's centre and a GIoU loss next to the L1
+one (TTFNet's dense regression): a peak one cell off still gives the whole box.
 
 Augmentation: random scale (0.7-1.3, ``--scale``) and crop, horizontal flip, brightness/contrast/
 saturation jitter, occasional blur (``--photometric strong`` adds white balance, gamma,
@@ -78,7 +81,15 @@ from models.training.road_data import (
     load_split,
 )
 from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds
-from models.training.road_net import FINE, STRIDE, CentreNet, Exported, MobileRoadNet, RoadNet
+from models.training.road_net import (
+    BOXES,
+    FINE,
+    STRIDE,
+    CentreNet,
+    Exported,
+    MobileRoadNet,
+    RoadNet,
+)
 
 INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
 CROP = (384, 256)
@@ -289,8 +300,13 @@ def targets(
     n_classes: int = len(CLASSES),
     *,
     stride: int = STRIDE,
+    dense: bool = False,
 ) -> tuple[F32, F32, F32]:
-    """Heatmap [C, gh, gw], box targets [4, gh, gw] and their mask [gh, gw] at `stride`."""
+    """Heatmap [C, gh, gw], box targets [4, gh, gw] and their weights [gh, gw] at `stride`:
+    the centre cell only (weight 1, the offset within the cell), or with `dense` every cell
+    of the object's Gaussian from 0.3 up and the centre's eight neighbours (weight the
+    Gaussian, at least 0.5 next to the centre; the offset from the cell's centre; a cell
+    two objects claim goes to the one it is more central to)."""
     heat = np.zeros((n_classes, gh, gw), np.float32)
     box = np.zeros((4, gh, gw), np.float32)
     mask = np.zeros((gh, gw), np.float32)
@@ -303,9 +319,54 @@ def targets(
         sigma = (2 * int(r) + 1) / 6
         g = np.exp(-((xs - ix) ** 2 + (ys - iy) ** 2) / (2 * sigma**2))
         heat[c] = np.maximum(heat[c], g)
-        box[:, iy, ix] = (cx - ix, cy - iy, math.log(max(w, 0.1)), math.log(max(h, 0.1)))
-        mask[iy, ix] = 1.0
+        size = (math.log(max(w, 0.1)), math.log(max(h, 0.1)))
+        if not dense:
+            box[:, iy, ix] = (cx - ix, cy - iy, *size)
+            mask[iy, ix] = 1.0
+            continue
+        near = np.maximum(abs(xs - ix), abs(ys - iy)) <= 1
+        weight = np.where(near, np.maximum(g, 0.5), np.where(g >= 0.3, g, 0.0))
+        take = weight > mask
+        box[0][take] = cx - (xs[take] + 0.5)
+        box[1][take] = cy - (ys[take] + 0.5)
+        box[2][take], box[3][take] = size
+        mask[take] = weight[take]
     return heat, box, mask
+
+
+def giou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Generalised IoU of boxes given as [..., 4] (dx, dy, log w, log h) in one frame."""
+
+    def corners(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        w, h = torch.exp(t[:, 2].clamp(-4, 6)), torch.exp(t[:, 3].clamp(-4, 6))
+        return t[:, 0] - w / 2, t[:, 1] - h / 2, t[:, 0] + w / 2, t[:, 1] + h / 2
+
+    px1, py1, px2, py2 = corners(pred)
+    tx1, ty1, tx2, ty2 = corners(target)
+    inter = (torch.min(px2, tx2) - torch.max(px1, tx1)).clamp(min=0) * (
+        torch.min(py2, ty2) - torch.max(py1, ty1)
+    ).clamp(min=0)
+    union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
+    hull = (torch.max(px2, tx2) - torch.min(px1, tx1)) * (torch.max(py2, ty2) - torch.min(py1, ty1))
+    iou = inter / union.clamp(min=1e-6)
+    return iou - (hull - union) / hull.clamp(min=1e-6)
+
+
+def box_loss(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dense: bool
+) -> torch.Tensor:
+    """L1 on the centre offsets and the log sizes where `weight` [B, 1, H, W] is set,
+    normalised by its sum; `dense` (offsets unbounded): plus 1 - GIoU of the boxes."""
+    n = weight.sum().clamp(min=1)
+    centre = pred[:, :2] if dense else torch.sigmoid(pred[:, :2])
+    loss = (F.l1_loss(centre, target[:, :2], reduction="none") * weight).sum() / n
+    loss = loss + (F.l1_loss(pred[:, 2:], target[:, 2:], reduction="none") * weight).sum() / n
+    if dense:
+        cells = weight.flatten() > 0
+        p = pred.permute(0, 2, 3, 1).reshape(-1, 4)[cells]
+        t = target.permute(0, 2, 3, 1).reshape(-1, 4)[cells]
+        loss = loss + ((1 - giou(p, t)) * weight.flatten()[cells]).sum() / n
+    return loss
 
 
 def focal(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -646,8 +707,10 @@ def network(args: argparse.Namespace) -> CentreNet:
     if args.backbone == "mobilenetv2":
         if args.stride != STRIDE:
             raise SystemExit(f"--stride {args.stride}: the mobilenetv2 backbone has stride 8 only")
-        return MobileRoadNet(len(CLASSES))
-    return RoadNet(len(CLASSES), args.width, args.stride, fine=args.pothole_from == "mask")
+        return MobileRoadNet(len(CLASSES), boxes=args.boxes)
+    return RoadNet(
+        len(CLASSES), args.width, args.stride, fine=args.pothole_from == "mask", boxes=args.boxes
+    )
 
 
 def export_checkpoint(args: argparse.Namespace) -> None:
@@ -780,6 +843,13 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "pothole blobs (a third output)",
     )
     ap.add_argument(
+        "--boxes",
+        choices=BOXES,
+        default="centre",
+        help="centre: the box trained at the centre cell only (CenterNet); dense: at the "
+        "cells around it too, offsets from each cell, with a GIoU loss (TTFNet)",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run whose state is in OUT/last.pt (same arguments)",
@@ -872,7 +942,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 img, b, c = augment(
                     img, b, c, rng, strong=args.photometric == "strong", scales=args.scale
                 )
-                h, bx, m = targets(b, c, gh, gw, stride=net.stride)
+                h, bx, m = targets(b, c, gh, gw, stride=net.stride, dense=net.boxes == "dense")
                 segs.append(seg_target(img, net.stride))
                 if net.fine:
                     fines.append(fine_target(img))
@@ -893,12 +963,12 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             seg = F.binary_cross_entropy_with_logits(
                 seg_p, seg_t, pos_weight=torch.tensor([4.0, 8.0]).view(1, 2, 1, 1)
             )
-            n = mask_t.sum().clamp(min=1)
-            off = (
-                F.l1_loss(torch.sigmoid(box_p[:, :2]), box_t[:, :2], reduction="none") * mask_t
-            ).sum() / n
-            size = (F.l1_loss(box_p[:, 2:], box_t[:, 2:], reduction="none") * mask_t).sum() / n
-            loss = focal(heat_p, heat_t) + off + size + seg + extra
+            loss = (
+                focal(heat_p, heat_t)
+                + box_loss(box_p, box_t, mask_t, net.boxes == "dense")
+                + seg
+                + extra
+            )
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import yaml
@@ -190,3 +191,19 @@ def test_the_networks_of_an_ensemble_taken_apart_and_joined_again_give_it_back(
     nested = join([ROAD, ROAD_INT8], [spec, member_spec(ROAD_INT8)])
     with pytest.raises(SystemExit, match="itself an ensemble"):
         network_of(nested, 0)
+
+
+def test_members_that_decode_their_heads_differently_are_refused(tmp_path: Path) -> None:
+    """A package whose box offsets are not squashed into the cell (``train_road --boxes
+    dense``) cannot be averaged with one whose are: its box logits mean something else."""
+    model = onnx.load(str(ROAD / "model.onnx"))
+    offset = next(
+        n for n in model.graph.node if n.op_type == "Sigmoid" and n.input[0].startswith("/Slice")
+    )
+    offset.op_type = "Identity"
+    spec = member_spec(ROAD)
+    write(tmp_path, model, dict(spec))
+    alone = join([tmp_path, tmp_path], [spec, spec])  # alike members join
+    assert networks(alone) == 6
+    with pytest.raises(SystemExit, match="decode their heads differently"):
+        join([ROAD, tmp_path], [spec, spec])
