@@ -87,4 +87,8 @@ async def run_drivers(
         finally:
             for task in tasks:
                 task.cancel()
+            # what was published before the drivers stopped but not yet drained (an event
+            # is queued as its device's flag flips) belongs to the record too
+            while (record := sub.get_nowait()) is not None:
+                h.records.append(record)
             sub.close()
