@@ -89,6 +89,11 @@ class CentreNet(nn.Module):
     def fine(self) -> bool:
         return False
 
+    @property
+    def dense_boxes(self) -> bool:
+        """``boxes="dense"``: offsets from each cell's centre, unbounded."""
+        return self.boxes == "dense"
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -295,7 +300,7 @@ class Exported(Decoder):
     def __init__(
         self, net: CentreNet, height: int, width: int, masks: bool = False, fine: bool = False
     ) -> None:
-        super().__init__(net.stride, height, width, dense=net.boxes == "dense")
+        super().__init__(net.stride, height, width, dense=net.dense_boxes)
         if fine and not (masks and net.fine):
             raise ValueError("the fine output goes with masks and a network with a fine head")
         self.net = net

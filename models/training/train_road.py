@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 import yaml
 
-from models.decoders import mask_groups
+from models.decoders import Decoded, mask_groups, nms
 from models.training import backbone
 from models.training.road_data import (
     CLASSES,
@@ -470,11 +470,8 @@ def nms_union(boxes: F32, scores: F32, more: F32, more_scores: F32) -> tuple[F32
     """Two sets of boxes of one class as one, overlapping ones (IoU >= 0.45, the package's
     NMS) reduced to the higher-scored, as the runtime's NMS does."""
     b, s = np.concatenate([boxes, more]), np.concatenate([scores, more_scores])
-    if not len(b):
-        return b.reshape(-1, 4), s
-    picked = cv2.dnn.NMSBoxes(np.c_[b[:, :2], b[:, 2:] - b[:, :2]].tolist(), s.tolist(), 0.0, 0.45)
-    idx = np.asarray(picked, np.int64).reshape(-1)
-    return b[idx], s[idx]
+    kept = nms(Decoded(b, s, np.zeros(len(s), np.int32)), 0.45, len(s))
+    return kept.boxes, kept.scores
 
 
 def upscaled(prob: F32) -> F32:
@@ -942,7 +939,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 img, b, c = augment(
                     img, b, c, rng, strong=args.photometric == "strong", scales=args.scale
                 )
-                h, bx, m = targets(b, c, gh, gw, stride=net.stride, dense=net.boxes == "dense")
+                h, bx, m = targets(b, c, gh, gw, stride=net.stride, dense=net.dense_boxes)
                 segs.append(seg_target(img, net.stride))
                 if net.fine:
                     fines.append(fine_target(img))
@@ -965,7 +962,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             )
             loss = (
                 focal(heat_p, heat_t)
-                + box_loss(box_p, box_t, mask_t, net.boxes == "dense")
+                + box_loss(box_p, box_t, mask_t, net.dense_boxes)
                 + seg
                 + extra
             )
