@@ -19,8 +19,11 @@ selects checkpoints with (pothole AP50 + crack-region F1); ``test.txt`` is for
 ``road_eval`` afterwards. Members refit on train + val (``train_road --refit``) cannot be
 judged on val: ``--thresholds-from ENSEMBLE_LOG`` takes the thresholds from the
 ``ensemble-log.json`` of the ensemble of the same recipes that val chose them for, and
-nothing is measured on val. The members must be packages of the road recipe with crack
-regions from the mask, all at the same input size and output stride.
+nothing is measured on val. ``--flip`` adds each network once more on the mirror image
+of the frame (test-time augmentation): its logits are mirrored back, the box's x offset
+negated, and averaged with the others (twice the compute). The members must be packages
+of the road recipe with crack regions from the mask, all at the same input size and
+output stride.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds, run_
 HEADS = ("/heat/Conv_output_0", "/box/Conv_output_0", "/seg/Conv_output_0")
 INPUT_NAME = "images"
 NETWORKS = "networks"  # metadata key: how many networks an ensemble averages
+MIRRORED = "mirrored"  # metadata key, "1": the networks also see the mirrored frame
+INT64_MIN = -(2**63)
 
 
 def member_spec(path: Path) -> dict[str, Any]:
@@ -88,6 +93,10 @@ def networks(model: onnx.ModelProto) -> int:
         if HEADS[0] in node.output:
             return len(node.input) if node.op_type == "Mean" else 1
     return 1
+
+
+def mirrored(model: onnx.ModelProto) -> bool:
+    return any(p.key == MIRRORED and p.value == "1" for p in model.metadata_props)
 
 
 def weights(counts: list[int]) -> list[onnx.TensorProto]:
@@ -147,12 +156,14 @@ def assemble(
     outputs: list[onnx.ValueInfoProto],
     *,
     networks: int,
+    flip: bool = False,
 ) -> onnx.ModelProto:
     """A checked model of these nodes (opset 17, IR 10, as the road exports), recording how
-    many networks it averages."""
+    many networks it averages and whether they see the mirrored frame too."""
     graph = onnx.helper.make_graph(nodes, name, inputs, outputs, initializers)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    onnx.helper.set_model_props(model, {NETWORKS: str(networks)})
+    props = {NETWORKS: str(networks)} | ({MIRRORED: "1"} if flip else {})
+    onnx.helper.set_model_props(model, props)
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -177,6 +188,47 @@ def heads(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
     return cut
 
 
+MIRROR_AXIS = [  # Slice inputs that reverse the last axis (the width) of a tensor
+    onnx.helper.make_tensor(f"mirror/{name}", onnx.TensorProto.INT64, [1], [value])
+    for name, value in (("starts", -1), ("ends", INT64_MIN), ("axes", 3), ("steps", -1))
+]
+BOX_SIGN = onnx.helper.make_tensor(  # x offset (dx) negated, the rest as it is
+    "mirror/box_sign", onnx.TensorProto.FLOAT, [1, 4, 1, 1], [-1.0, 1.0, 1.0, 1.0]
+)
+
+
+def mirror(tensor: str, out: str) -> onnx.NodeProto:
+    """`tensor` reversed along its width."""
+    names = [t.name for t in MIRROR_AXIS]
+    return onnx.helper.make_node("Slice", [tensor, *names], [out], name=f"mirror/{out}")
+
+
+def mirrored_heads(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
+    """`heads` of the mirrored frame, its logits mirrored back into the frame's own: the
+    heat and segmentation maps reversed along the width, and the box's x offset negated
+    (both box decodings put the centre at the cell plus a term in the offset's logit
+    that is odd around the cell's middle: sigmoid(-x) = 1 - sigmoid(x), or x itself)."""
+    cut = heads(model, prefix)
+    seen = f"{INPUT_NAME}/mirrored"
+    for node in cut.graph.node:
+        node.input[:] = [seen if e == INPUT_NAME else e for e in node.input]
+        node.output[:] = [f"{o}/mirrored" if o[len(prefix) :] in HEADS else o for o in node.output]
+    back = []
+    for head in HEADS:
+        name = prefix + head
+        if head == HEADS[1]:
+            back += [
+                mirror(f"{name}/mirrored", f"{name}/unsigned"),
+                onnx.helper.make_node(
+                    "Mul", [f"{name}/unsigned", BOX_SIGN.name], [name], name=f"sign/{name}"
+                ),
+            ]
+        else:
+            back.append(mirror(f"{name}/mirrored", name))
+    cut.graph.node.extend(back)
+    return cut
+
+
 def decoder_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph from the head logits to the outputs (``road_net.Decoder`` as exported):
     the decoding every member shares, run once on the averaged logits."""
@@ -193,20 +245,32 @@ def decoding(decoder: onnx.ModelProto) -> int:
 
 
 def join(
-    paths: list[Path], specs: list[dict[str, Any]], picks: list[int | None] | None = None
+    paths: list[Path],
+    specs: list[dict[str, Any]],
+    picks: list[int | None] | None = None,
+    flip: bool = False,
 ) -> onnx.ModelProto:
     """One graph: every member's cut graph on the shared input, then the mean decoder;
-    `picks` takes one network of a member that is an ensemble (``network_of``)."""
+    `picks` takes one network of a member that is an ensemble (``network_of``); `flip`
+    runs every member on the mirrored frame as well (``mirrored_heads``)."""
     size = tuple(specs[0]["input"]["size"])
     if any(tuple(s["input"]["size"]) != size for s in specs):
         raise SystemExit("the members' input sizes differ: " + ", ".join(map(str, paths)))
     graphs = [graph_of(p, s) for p, s in zip(paths, specs, strict=True)]
+    for path, graph in zip(paths, graphs, strict=True):
+        if mirrored(graph):
+            raise SystemExit(
+                f"{path}: already averages the mirrored frame; join the packages it was "
+                "made of, with --flip if wanted"
+            )
     for i, pick in enumerate(picks or []):
         if pick is not None:
             graphs[i] = network_of(graphs[i], pick)
-    if len(graphs) == 1:  # one network taken out of an ensemble: nothing to average
+    if len(graphs) == 1 and not flip:  # one network of an ensemble: nothing to average
         return graphs[0]
     cuts = [heads(g, f"m{i}/") for i, g in enumerate(graphs)]
+    if flip:
+        cuts += [mirrored_heads(g, f"m{len(graphs) + i}/") for i, g in enumerate(graphs)]
     shapes = [  # channels, height, width of each head (the batch may be symbolic)
         [[d.dim_value for d in o.type.tensor_type.shape.dim[1:]] for o in c.graph.output]
         for c in cuts
@@ -224,19 +288,28 @@ def join(
         )
     decoder = decoders[0]
     counts = [networks(g) for g in graphs]
-    shares = weights(counts)
+    shares = weights(counts * 2 if flip else counts)
     images = onnx.ValueInfoProto()
     images.CopyFrom(cuts[0].graph.input[0])
     images.name = INPUT_NAME
+    mirroring = (
+        [mirror(INPUT_NAME, f"{INPUT_NAME}/mirrored")] if flip else [],
+        [*MIRROR_AXIS, BOX_SIGN] if flip else [],
+    )
     return assemble(
         "road-ensemble",
         [images],
-        [n for c in cuts for n in c.graph.node]
-        + [n for head in HEADS for n in average(head, shares, len(paths))]
+        mirroring[0]
+        + [n for c in cuts for n in c.graph.node]
+        + [n for head in HEADS for n in average(head, shares, len(cuts))]
         + list(decoder.graph.node),
-        [t for c in cuts for t in c.graph.initializer] + shares + list(decoder.graph.initializer),
+        mirroring[1]
+        + [t for c in cuts for t in c.graph.initializer]
+        + shares
+        + list(decoder.graph.initializer),
         list(decoder.graph.output),
         networks=sum(counts),
+        flip=flip,
     )
 
 
@@ -312,16 +385,26 @@ def main() -> None:
         "ensemble of the same recipes chosen on val (for members refit on train + val); "
         "nothing is measured on val",
     )
+    ap.add_argument(
+        "--flip",
+        action="store_true",
+        help="run every network on the mirrored frame too and average that in "
+        "(test-time augmentation; twice the compute)",
+    )
     args = ap.parse_args()
     paths, picks = [p for p, _ in args.members], [k for _, k in args.members]
-    if len(paths) < 2 and picks[0] is None:
-        raise SystemExit("an ensemble needs two or more packages (or FOLDER#N: one network)")
+    if len(paths) < 2 and picks[0] is None and not args.flip:
+        raise SystemExit(
+            "an ensemble needs two or more packages (or FOLDER#N: one network, or --flip)"
+        )
     specs = [member_spec(p) for p in paths]
-    model = join(paths, specs, picks)
+    model = join(paths, specs, picks, flip=args.flip)
     count = networks(model)
     what = (
         f"An ensemble of {count} road networks (heads averaged)" if count > 1 else "A road network"
     )
+    if args.flip:
+        what += ", each also run on the mirrored frame"
     spec = dict(specs[0])
     spec |= {
         "name": "road-defect",

@@ -23,6 +23,7 @@ from models.training.ensemble import (
     NETWORKS,
     join,
     member_spec,
+    mirrored,
     network_of,
     networks,
     source,
@@ -207,3 +208,62 @@ def test_members_that_decode_their_heads_differently_are_refused(tmp_path: Path)
     assert networks(alone) == 6
     with pytest.raises(SystemExit, match="decode their heads differently"):
         join([ROAD, tmp_path], [spec, spec])
+
+
+def mirror_of(outs: list[np.ndarray]) -> list[np.ndarray]:
+    """A road package's outputs for a frame turned into its outputs for the mirrored frame:
+    the grid of detections reversed along the width, the box centres' x mirrored, the mask
+    reversed along the width."""
+    detections, mask = outs
+    grid = detections.reshape(detections.shape[1], *mask.shape[2:])[:, :, ::-1].copy()
+    grid[0] = mask.shape[3] * 8 - grid[0]  # stride 8: 640 px across
+    return [grid.reshape(detections.shape), mask[..., ::-1]]
+
+
+@pytest.mark.parametrize("package", [ROAD, ROAD_INT8], ids=["float", "int8"])
+def test_with_flip_the_mirrored_frame_gives_the_mirrored_detections(
+    tmp_path: Path, image: np.ndarray, package: Path
+) -> None:
+    """--flip averages each network's view of the frame and of its mirror image, mirrored
+    back: the package then answers a mirrored frame with exactly the mirrored boxes,
+    scores and mask, which the networks alone do not. It is run through the CLI, in the
+    runtime, and cannot be flipped twice."""
+    spec = member_spec(package)
+    flipped = join([package], [spec], flip=True)
+    assert networks(flipped) == 3 and mirrored(flipped)
+    assert not mirrored(onnx.load(str(package / "model.onnx")))
+    mirror_image = image[..., ::-1].copy()
+    ours = outputs(flipped.SerializeToString(), image)
+    theirs = mirror_of(outputs(flipped.SerializeToString(), mirror_image))
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    alone = outputs(str(package / "model.onnx"), image)
+    alone_mirrored = mirror_of(outputs(str(package / "model.onnx"), mirror_image))
+    assert np.abs(alone[1] - alone_mirrored[1]).max() > 0.05  # the networks are not symmetric
+    # the average of the two views, in the logits of the mask
+    expected = 1 / (1 + np.exp(-(logit(alone[1]) + logit(alone_mirrored[1])) / 2))
+    np.testing.assert_allclose(ours[1], expected, atol=1e-4)
+    out = tmp_path / "flipped"
+    thresholds = tmp_path / "ensemble-log.json"
+    thresholds.write_text(
+        json.dumps({"mask_threshold": 0.5, "thresholds": {"crack": 0.3, "pothole": 0.2}})
+    )
+    done = ensemble_cli(
+        str(tmp_path / "no-data"), str(package), "--flip", "--thresholds-from", str(thresholds),
+        "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model = LoadedModel.load(out, threads=1)
+    frame = np.full((400, 640, 3), 105, np.uint8)  # the input size: no letterbox margins
+    cv2.ellipse(frame, (230, 300), (50, 22), 0, 0, 360, (30, 28, 26), -1)
+    cv2.ellipse(frame, (500, 330), (30, 14), 0, 0, 360, (40, 36, 34), -1)
+    cv2.polylines(frame, [np.array([[60, 390], [140, 250], [170, 160]])], False, (50, 50, 50), 2)
+    found = sorted((d.label, d.box[0], d.box[1], d.box[2], d.score) for d in model.run(frame))
+    mirrored_found = sorted(
+        (d.label, 640 - d.box[2], d.box[1], 640 - d.box[0], d.score)
+        for d in model.run(frame[:, ::-1].copy())
+    )
+    assert found and [f[0] for f in found] == [f[0] for f in mirrored_found]
+    np.testing.assert_allclose([f[1:] for f in found], [f[1:] for f in mirrored_found], atol=0.01)
+    with pytest.raises(SystemExit, match="already averages the mirrored frame"):
+        join([out, package], [member_spec(out), spec])
