@@ -60,7 +60,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -69,6 +69,7 @@ import onnx
 import torch
 import torch.nn.functional as F  # noqa: N812
 import yaml
+from torch.optim.swa_utils import AveragedModel
 
 from models.decoders import Decoded, mask_groups, nms
 from models.training import backbone
@@ -700,6 +701,21 @@ def input_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def ema_of(net: CentreNet, decay: float) -> AveragedModel:
+    """An exponential moving average of `net`'s weights and batch-norm statistics, updated
+    after every step; its decay ramps up from 0 over about 1 / (1 - decay) steps (as
+    YOLOv5's ModelEMA does), so the early, random weights fade out quickly."""
+    ramp = 1 / (1 - decay)
+
+    def average(
+        averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor | int
+    ) -> torch.Tensor:
+        d = decay * (1 - math.exp(-float(count) / ramp))
+        return d * averaged + (1 - d) * current
+
+    return AveragedModel(net, avg_fn=average, use_buffers=True)
+
+
 def network(args: argparse.Namespace) -> CentreNet:
     if args.backbone == "mobilenetv2":
         if args.stride != STRIDE:
@@ -847,6 +863,14 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "cells around it too, offsets from each cell, with a GIoU loss (TTFNet)",
     )
     ap.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate and export an exponential moving average of the weights, with this "
+        "decay per step (e.g. 0.998; default 0: the weights as trained)",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run whose state is in OUT/last.pt (same arguments)",
@@ -865,6 +889,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         help="export OUT/best.pt (the best checkpoint so far of a run) without training",
     )
     args = ap.parse_args()
+    if not 0 <= args.ema < 1:
+        ap.error(f"--ema {args.ema}: the decay lies in [0, 1) (0: no average)")
     if args.pothole_from == "mask" and (args.crack_from != "mask" or args.backbone != "plain"):
         ap.error("--pothole-from mask goes with --crack-from mask and the plain backbone")
     global INPUT  # noqa: PLW0603 - one input size for the whole run, set once here
@@ -906,6 +932,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     total = steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lrs, total_steps=total, pct_start=0.1)
+    ema = ema_of(net, args.ema) if args.ema else None
     gh, gw = CROP[1] // net.stride, CROP[0] // net.stride
     log: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None
@@ -919,6 +946,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         first_epoch, log, best = state["epoch"], state["log"], state["best"]
@@ -970,15 +999,18 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(net)
             losses.append(loss.item())
         net.eval()
+        judged = net if ema is None else cast(CentreNet, ema.module).eval()  # validated
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)),
             "minutes": (time.monotonic() - t0) / 60,
         }
         if refit is None and ((epoch + 1) % 4 == 0 or epoch + 1 == args.epochs):
-            chosen = select(val, predict(net, val_img, masks=args.crack_from == "mask"))
+            chosen = select(val, predict(judged, val_img, masks=args.crack_from == "mask"))
             entry["val"] = chosen.figures
             if best is None or chosen.score > best[0]:
                 best = (
@@ -990,7 +1022,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                         "val": chosen.figures,
                     },
                 )
-                torch.save(net.state_dict(), args.out / "best.pt")
+                torch.save(judged.state_dict(), args.out / "best.pt")
         log.append(entry)
         print(json.dumps(entry), flush=True)
         # the whole state after every epoch: a run of hours survives an interruption
@@ -999,6 +1031,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 "net": net.state_dict(),
                 "opt": opt.state_dict(),
                 "sched": sched.state_dict(),
+                "ema": None if ema is None else ema.state_dict(),
                 "rng": rng.getstate(),
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch + 1,
@@ -1008,6 +1041,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             last.with_suffix(".tmp"),
         )
         last.with_suffix(".tmp").replace(last)
+    if ema is not None:  # the average is what is exported
+        net.load_state_dict(ema.module.state_dict())
     if refit is not None:
         best = (0.0, refit)
         summary = f"exported epoch {stop}, thresholds from {args.refit} (val not measured)"
