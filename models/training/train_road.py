@@ -727,10 +727,16 @@ def network(args: argparse.Namespace) -> CentreNet:
 
 
 def export_checkpoint(args: argparse.Namespace) -> None:
-    """Export the best checkpoint of an interrupted run, thresholds picked on val."""
+    """Export the best checkpoint of an interrupted run (``OUT/best.pt``), or the network
+    of a finished one (``OUT/model.pt``), at ``--input`` size, thresholds picked on val
+    at that size (the networks are fully convolutional: a run's input size can be chosen
+    on val afterwards)."""
     torch.set_num_threads(args.threads)
     net = network(args)
-    net.load_state_dict(torch.load(args.out / "best.pt"))
+    weights = next((p for p in (args.out / "best.pt", args.out / "model.pt") if p.is_file()), None)
+    if weights is None:
+        raise SystemExit(f"{args.out}: no best.pt or model.pt to export")
+    net.load_state_dict(torch.load(weights))
     net.eval()
     val = load_split(args.data, "val")
     chosen = select(val, predict(net, load_images(val), masks=args.crack_from == "mask"))
@@ -886,7 +892,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     ap.add_argument(
         "--export-only",
         action="store_true",
-        help="export OUT/best.pt (the best checkpoint so far of a run) without training",
+        help="export OUT/best.pt (the best checkpoint so far of a run), or OUT/model.pt "
+        "(a finished run's network), at --input size, without training",
     )
     args = ap.parse_args()
     if not 0 <= args.ema < 1:
