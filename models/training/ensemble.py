@@ -292,18 +292,16 @@ def join(
     images = onnx.ValueInfoProto()
     images.CopyFrom(cuts[0].graph.input[0])
     images.name = INPUT_NAME
-    mirroring = (
-        [mirror(INPUT_NAME, f"{INPUT_NAME}/mirrored")] if flip else [],
-        [*MIRROR_AXIS, BOX_SIGN] if flip else [],
-    )
+    flipping = [mirror(INPUT_NAME, f"{INPUT_NAME}/mirrored")] if flip else []
+    constants = [*MIRROR_AXIS, BOX_SIGN] if flip else []
     return assemble(
         "road-ensemble",
         [images],
-        mirroring[0]
+        flipping
         + [n for c in cuts for n in c.graph.node]
         + [n for head in HEADS for n in average(head, shares, len(cuts))]
         + list(decoder.graph.node),
-        mirroring[1]
+        constants
         + [t for c in cuts for t in c.graph.initializer]
         + shares
         + list(decoder.graph.initializer),
