@@ -213,19 +213,17 @@ def mirrored_heads(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
     for node in cut.graph.node:
         node.input[:] = [seen if e == INPUT_NAME else e for e in node.input]
         node.output[:] = [f"{o}/mirrored" if o[len(prefix) :] in HEADS else o for o in node.output]
-    back = []
-    for head in HEADS:
-        name = prefix + head
-        if head == HEADS[1]:
-            back += [
-                mirror(f"{name}/mirrored", f"{name}/unsigned"),
-                onnx.helper.make_node(
-                    "Mul", [f"{name}/unsigned", BOX_SIGN.name], [name], name=f"sign/{name}"
-                ),
-            ]
-        else:
-            back.append(mirror(f"{name}/mirrored", name))
-    cut.graph.node.extend(back)
+    heat, box, seg = (prefix + head for head in HEADS)
+    cut.graph.node.extend(
+        [
+            mirror(f"{heat}/mirrored", heat),
+            mirror(f"{seg}/mirrored", seg),
+            mirror(f"{box}/mirrored", f"{box}/unsigned"),
+            onnx.helper.make_node(
+                "Mul", [f"{box}/unsigned", BOX_SIGN.name], [box], name=f"sign/{box}"
+            ),
+        ]
+    )
     return cut
 
 

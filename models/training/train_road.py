@@ -1048,9 +1048,9 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             last.with_suffix(".tmp"),
         )
         last.with_suffix(".tmp").replace(last)
-    if ema is not None:  # the average is what is exported
-        net.load_state_dict(ema.module.state_dict())
     if refit is not None:
+        if ema is not None:  # the last average is exported (best.pt holds it otherwise)
+            net.load_state_dict(ema.module.state_dict())
         best = (0.0, refit)
         summary = f"exported epoch {stop}, thresholds from {args.refit} (val not measured)"
     else:
