@@ -42,7 +42,7 @@ import yaml
 from models.decoders import region_classes
 from models.package import MaskOutput
 from models.runtime import LoadedModel
-from models.training.road_data import load_split
+from models.training.road_data import add_hold_out, load_split
 from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds, run_frames
 
 HEADS = ("/heat/Conv_output_0", "/box/Conv_output_0", "/seg/Conv_output_0")
@@ -317,10 +317,11 @@ def write(out: Path, model: onnx.ModelProto, spec: dict[str, Any]) -> None:
     (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def choose(out: Path, data: Path) -> dict[str, Any]:
+def choose(out: Path, data: Path, hold_out: list[str]) -> dict[str, Any]:
     """The crack-mask threshold and score thresholds with the best pothole AP50 + crack F1
-    on val.txt, through the runtime; written into out/model.yaml."""
-    frames = load_split(data, "val")
+    on val.txt (and the held-out training frames), through the runtime; written into
+    out/model.yaml."""
+    frames = load_split(data, "val", hold_out)
     model = LoadedModel.load(out, threads=2)
     base = model.spec
     masks = base.output.masks
@@ -387,6 +388,7 @@ def main() -> None:
         help="run every network on the mirrored frame too and average that in "
         "(test-time augmentation; twice the compute)",
     )
+    add_hold_out(ap)
     args = ap.parse_args()
     paths, picks = [p for p, _ in args.members], [k for _, k in args.members]
     if len(paths) < 2 and picks[0] is None and not args.flip:
@@ -415,7 +417,7 @@ def main() -> None:
     if args.thresholds_from is not None:
         best = chosen_from(args.thresholds_from, list(spec["classes"]))
     else:
-        best = choose(args.out, args.data)
+        best = choose(args.out, args.data, args.hold_out)
     thresholds = best["thresholds"]
     spec["output"]["masks"]["threshold"] = best["mask_threshold"]
     spec["thresholds"] = spec["thresholds"] | {
@@ -423,7 +425,9 @@ def main() -> None:
         "per_class": thresholds,
     }
     write(args.out, model, spec)
-    log = {"members": [f"{p}#{k}" if k is not None else str(p) for p, k in args.members]} | best
+    log = {"members": [f"{p}#{k}" if k is not None else str(p) for p, k in args.members]}
+    log |= {"hold_out": args.hold_out} if args.hold_out else {}
+    log |= best
     (args.out / "ensemble-log.json").write_text(json.dumps(log, indent=1))
     print(json.dumps(log), flush=True)
 

@@ -16,6 +16,8 @@ Only numpy and OpenCV: the evaluation (``models.training.road_eval``) runs witho
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,16 +71,60 @@ def crack_boxes(mask: npt.NDArray[np.uint8]) -> list[tuple[float, float, float, 
     return out
 
 
-def load_split(root: Path, split: str) -> list[Frame]:
-    """The frames listed in `root/<split>.txt` with their boxes."""
+def split_names(root: Path, split: str, hold_out: Sequence[str] = ()) -> list[str]:
+    """The frame names of `root/<split>.txt`. ``hold_out`` names stretches of the training
+    highways (a part of the frame name, e.g. the segment ``290RS070691``): their frames
+    leave ``train`` and join ``val``, so that val also has the training roads' kind of
+    potholes (val.txt's DF highways have few small ones). ``test`` takes none."""
+    names = [_name(line) for line in _listing(root, split).read_text().split()]
+    if not hold_out:
+        return names
+    if split == "test":
+        raise SystemExit("--hold-out: test.txt stays as it is (held-out frames come from train)")
+    train = [_name(line) for line in _listing(root, "train").read_text().split()]
+    held = []
+    for part in hold_out:
+        found = [n for n in train if part in n]
+        if not found:
+            raise SystemExit(f"--hold-out {part}: no frame of train.txt has that in its name")
+        held += [n for n in found if n not in held]
+    if split == "train":
+        return [n for n in names if n not in held]
+    return names + [n for n in held if n not in names]
+
+
+def add_hold_out(ap: argparse.ArgumentParser) -> None:
+    """The ``--hold-out SEGMENT`` option of the recipes (see `split_names`)."""
+    ap.add_argument(
+        "--hold-out",
+        action="append",
+        default=[],
+        metavar="SEGMENT",
+        help="the train.txt frames whose name contains SEGMENT (e.g. the RS-290 stretch "
+        "290RS070691) leave train and join val (repeatable); every step of one choice "
+        "(training, ensemble, evaluation on val) takes the same",
+    )
+
+
+def _listing(root: Path, split: str) -> Path:
     listing = root / f"{split}.txt"
     if not listing.is_file():
         raise SystemExit(f"{listing}: not found (is {root} the road-dnit folder?)")
+    return listing
+
+
+def _name(line: str) -> str:
+    name = Path(line).name
+    for suffix in ("_RAW.jpg", "_RAW"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def load_split(root: Path, split: str, hold_out: Sequence[str] = ()) -> list[Frame]:
+    """The frames listed in `root/<split>.txt` with their boxes (``hold_out``: see
+    `split_names`)."""
     frames = []
-    for line in listing.read_text().split():
-        name = Path(line).name
-        for suffix in ("_RAW.jpg", "_RAW"):
-            name = name.removesuffix(suffix)
+    for name in split_names(root, split, hold_out):
         d = root / "images" / name
         image = d / f"{name}_RAW.jpg"
         crack = cv2.imread(str(d / f"{name}_CRACK.png"), cv2.IMREAD_GRAYSCALE)

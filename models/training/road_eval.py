@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from models.decoders import Decoded, merge_regions, region_classes
 from models.runtime import LoadedModel
-from models.training.road_data import CLASSES, Frame, load_split
+from models.training.road_data import CLASSES, Frame, add_hold_out, load_split
 
 F32 = npt.NDArray[np.float32]
 Prediction = tuple[F32, F32, npt.NDArray[np.int64]]
@@ -293,8 +293,9 @@ def main() -> None:
         help="print the per-class score thresholds with the best F1 on this split (val only: "
         "for the package's model.yaml), after the package's own post-processing",
     )
+    add_hold_out(ap)
     args = ap.parse_args()
-    frames = load_split(args.data, args.split)
+    frames = load_split(args.data, args.split, args.hold_out)
     model = LoadedModel.load(args.model, threads=1)
     spec = model.spec
     regions = region_classes(spec)
@@ -318,7 +319,8 @@ def main() -> None:
         "mean_ms": round(statistics.fmean(ms), 1),
         "fps_one_core": round(1000 / statistics.fmean(ms), 1),
     }
-    figures["split"] = f"{args.split} ({len(frames)} frames)"
+    held = f", with {' '.join(args.hold_out)} of train" if args.hold_out else ""
+    figures["split"] = f"{args.split}{held} ({len(frames)} frames)"
     print(json.dumps(figures, indent=1))
 
 

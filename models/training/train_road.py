@@ -79,6 +79,7 @@ from models.training.road_data import (
     POTHOLE_MIN_AREA,
     SOURCE_SIZE,
     Frame,
+    add_hold_out,
     load_split,
 )
 from models.training.road_eval import MASK_GRID, evaluate, pick_thresholds
@@ -738,7 +739,7 @@ def export_checkpoint(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.out}: no best.pt or model.pt to export")
     net.load_state_dict(torch.load(weights))
     net.eval()
-    val = load_split(args.data, "val")
+    val = load_split(args.data, "val", args.hold_out)
     chosen = select(val, predict(net, load_images(val), masks=args.crack_from == "mask"))
     print(json.dumps(chosen.figures))
     export(
@@ -830,6 +831,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "below about 0.6 whole frames are shrunk onto a grey canvas, which trains on "
         "objects smaller than the training roads have",
     )
+    add_hold_out(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("models/zoo/road_defect"))
@@ -910,7 +912,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
-    train, val = load_split(args.data, "train"), load_split(args.data, "val")
+    train = load_split(args.data, "train", args.hold_out)
+    val = load_split(args.data, "val", args.hold_out)
     if refit is not None:
         train, val = train + val, []
     what = f"refit: train + val {len(train)}" if refit else f"train {len(train)}, val {len(val)}"

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.training.road_data import Frame
+from models.training.road_data import Frame, load_split
 from models.training.road_eval import (
     Prediction,
     ap_by_iou,
@@ -169,3 +169,46 @@ def test_run_frames_gives_every_candidate_down_to_the_floor_and_restores_the_pac
     with pytest.raises(SystemExit, match=r"gone_RAW\.jpg: cannot be read"):
         run_frames(model, [missing])
     assert model.spec is spec
+
+
+def write_frame(root: Path, name: str, pothole: tuple[int, int, int, int]) -> None:
+    """One road-dnit frame folder: a grey 800x500 image, a pothole blob at `pothole`
+    (x1, y1, x2, y2), no cracks."""
+    d = root / "images" / name
+    d.mkdir(parents=True)
+    cv2.imwrite(str(d / f"{name}_RAW.jpg"), np.full((500, 800, 3), 128, np.uint8))
+    blank = np.zeros((500, 800), np.uint8)
+    cv2.imwrite(str(d / f"{name}_CRACK.png"), blank)
+    x1, y1, x2, y2 = pothole
+    cv2.imwrite(
+        str(d / f"{name}_POTHOLE.png"),
+        cv2.rectangle(blank.copy(), (x1, y1), (x2 - 1, y2 - 1), 255, -1),
+    )
+
+
+def test_a_held_out_stretch_of_the_training_roads_leaves_train_and_joins_val(
+    tmp_path: Path,
+) -> None:
+    names = {
+        "train": ["1_RS_290_290RS070691_10", "2_RS_290_290RS070691_15", "3_DF_251_251BDF1_5"],
+        "val": ["4_DF_080_080DF1_1"],
+        "test": ["5_RS_386_386RS1_1"],
+    }
+    for split, frames in names.items():
+        (tmp_path / f"{split}.txt").write_text("".join(f"{n}_RAW.jpg\n" for n in frames))
+        for i, n in enumerate(frames):
+            write_frame(tmp_path, n, (10 + i, 20, 40 + i, 50))
+
+    # without it, the lists as they are
+    assert [f.name for f in load_split(tmp_path, "train")] == names["train"]
+    held = ["290RS070691"]
+    assert [f.name for f in load_split(tmp_path, "train", held)] == ["3_DF_251_251BDF1_5"]
+    val = load_split(tmp_path, "val", held)
+    assert [f.name for f in val] == ["4_DF_080_080DF1_1", *names["train"][:2]]
+    # the held-out frames come with their boxes, read from their masks like any other
+    assert val[2].boxes.tolist() == [[11.0, 20.0, 41.0, 50.0]]
+    assert val[2].classes.tolist() == [1]
+    with pytest.raises(SystemExit, match=r"test\.txt stays as it is"):
+        load_split(tmp_path, "test", held)
+    with pytest.raises(SystemExit, match=r"--hold-out 290RS999: no frame of train\.txt"):
+        load_split(tmp_path, "val", ["290RS999"])
