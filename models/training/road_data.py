@@ -81,13 +81,13 @@ def split_names(root: Path, split: str, hold_out: Sequence[str] = ()) -> list[st
         return names
     if split == "test":
         raise SystemExit("--hold-out: test.txt stays as it is (held-out frames come from train)")
-    train = [_name(line) for line in _listing(root, "train").read_text().split()]
-    held = []
+    train = names if split == "train" else split_names(root, "train")
+    held: dict[str, None] = {}  # ordered, without repeats
     for part in hold_out:
         found = [n for n in train if part in n]
         if not found:
             raise SystemExit(f"--hold-out {part}: no frame of train.txt has that in its name")
-        held += [n for n in found if n not in held]
+        held |= dict.fromkeys(found)
     if split == "train":
         return [n for n in names if n not in held]
     return names + [n for n in held if n not in names]
