@@ -47,7 +47,11 @@ saturation jitter, occasional blur (``--photometric strong`` adds white balance,
 greyscale and sensor noise); frames with potholes are drawn twice as often (they
 are a quarter of the training frames). ``--copy-paste P`` (off by default) also blends
 1-3 potholes cut from other training frames onto the road (the LANE mask) of a share P of
-the samples, near the rows they came from.
+the samples, near the rows they came from. For the small potholes that the test highway has
+many of: ``--paste-max-box 300`` pastes only potholes whose box is under 300 px at 800x500,
+``--paste-count 2-6`` that many per sample, ``--paste-cluster 40`` within 40 px of the first
+(ravelled asphalt has them in groups); ``--small-frames K`` draws the frames that have such a
+small pothole K times per epoch instead of twice.
 """
 
 from __future__ import annotations
@@ -141,15 +145,16 @@ class Patch:
     top: int  # the row it came from: pasted near it, so that its perspective scale fits
 
 
-def pothole_patches(images: list[U8], margin: int = 6) -> list[Patch]:
-    """Every pothole blob of the training frames (channel 4) with a margin around it."""
-    min_area = POTHOLE_MIN_AREA * (INPUT[0] / SOURCE_SIZE[0]) ** 2
+def pothole_patches(images: list[U8], margin: int = 6, max_box: float = math.inf) -> list[Patch]:
+    """Every pothole blob of the training frames (channel 4) with a margin around it; with
+    `max_box`, only those whose box is smaller than that many pixels at 800x500."""
+    square = (INPUT[0] / SOURCE_SIZE[0]) ** 2
     out = []
     for img in images:
         mask = (img[:, :, 4] > 127).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         for x, y, w, h, area in stats[1:n]:
-            if area < min_area:
+            if area < POTHOLE_MIN_AREA * square or w * h >= max_box * square:
                 continue
             x0, y0 = max(0, x - margin), max(0, y - margin)
             x1, y1 = min(img.shape[1], x + w + margin), min(img.shape[0], y + h + margin)
@@ -167,14 +172,18 @@ def paste_potholes(
     rng: random.Random,
     *,
     count: int,
+    cluster: int = 0,
 ) -> tuple[U8, F32, npt.NDArray[np.int64]]:
     """Copy-paste augmentation: `count` potholes of other frames blended onto this frame's
     road (channel 5, the lane mask) near the rows they came from, with their masks and
-    boxes. Rare objects seen in more places generalise better (Ghiasi et al., 2021)."""
+    boxes. Rare objects seen in more places generalise better (Ghiasi et al., 2021).
+    With `cluster` (pixels), the potholes after the first go within that distance of it,
+    a group as ravelled asphalt has them."""
     img = img.copy()
     added: list[F32] = list(boxes)
     kinds: list[np.int64] = list(classes)
     height, width = img.shape[:2]
+    first: tuple[int, int] | None = None
     for _ in range(count):
         p = patches[rng.randrange(len(patches))]
         h, w = p.alpha.shape
@@ -182,7 +191,11 @@ def paste_potholes(
             continue
         y0 = int(np.clip(p.top + rng.randint(-20, 20), 0, height - h))
         for _attempt in range(10):
-            x0 = rng.randint(0, width - w)
+            if cluster and first is not None:
+                y0 = int(np.clip(first[1] + rng.randint(-cluster, cluster), 0, height - h))
+                x0 = int(np.clip(first[0] + rng.randint(-cluster, cluster), 0, width - w))
+            else:
+                x0 = rng.randint(0, width - w)
             if img[y0 + h // 2, x0 + w // 2, 5] > 127:
                 break
         else:
@@ -199,6 +212,7 @@ def paste_potholes(
         region[:, :, 3] *= 1 - p.alpha  # no crack under a pothole
         region[:, :, 4] = np.maximum(region[:, :, 4], p.pixels[:, :, 4])
         img[y0 : y0 + h, x0 : x0 + w] = region.clip(0, 255).astype(np.uint8)
+        first = first or (x0, y0)
         added.append(box.astype(np.float32))
         kinds.append(np.int64(1))
     return (
@@ -688,6 +702,17 @@ def scale_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def count_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH``: how many potholes are pasted into a sample, 1 <= LOW <= HIGH <= 20."""
+    try:
+        low, high = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW-HIGH, e.g. 1-3") from None
+    if not 1 <= low <= high <= 20:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 1 <= LOW <= HIGH <= 20")
+    return low, high
+
+
 def input_size(text: str) -> tuple[int, int]:
     """``WIDTHxHEIGHT``, both multiples of the output stride."""
     try:
@@ -700,6 +725,19 @@ def input_size(text: str) -> tuple[int, int]:
             f"{CROP[0]}x{CROP[1]}"
         )
     return w, h
+
+
+SMALL_POTHOLE = 300.0  # box area at 800x500 under which --small-frames counts a pothole small
+
+
+def draws(frame: Frame, small: int) -> int:
+    """How often a training frame is drawn per epoch: twice with a pothole (a quarter of the
+    frames have one), `small` times with a small one."""
+    potholes = frame.boxes[frame.classes == 1]
+    if not len(potholes):
+        return 1
+    area = (potholes[:, 2] - potholes[:, 0]) * (potholes[:, 3] - potholes[:, 1])
+    return small if (area < SMALL_POTHOLE).any() else 2
 
 
 def ema_of(net: CentreNet, decay: float) -> AveragedModel:
@@ -842,6 +880,36 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         help="share of training samples that get 1-3 potholes of other frames pasted in",
     )
     ap.add_argument(
+        "--paste-count",
+        type=count_range,
+        default="1-3",
+        help="how many potholes a --copy-paste sample gets, LOW-HIGH (default 1-3)",
+    )
+    ap.add_argument(
+        "--paste-max-box",
+        type=float,
+        default=math.inf,
+        metavar="PX",
+        help="paste only potholes whose box is under PX pixels at 800x500 (e.g. 300: the "
+        "small ravelling spots; default: all)",
+    )
+    ap.add_argument(
+        "--paste-cluster",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="paste the potholes of one sample within PX pixels (model input) of the first, "
+        "as a group (default 0: anywhere on the road)",
+    )
+    ap.add_argument(
+        "--small-frames",
+        type=int,
+        default=2,
+        metavar="K",
+        help="draw frames with a pothole box under 300 px (at 800x500) K times per epoch "
+        "(default 2, as every frame with a pothole)",
+    )
+    ap.add_argument(
         "--photometric",
         choices=("basic", "strong"),
         default="basic",
@@ -898,6 +966,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "(a finished run's network), at --input size, without training",
     )
     args = ap.parse_args()
+    if args.small_frames < 1:
+        ap.error(f"--small-frames {args.small_frames}: a frame is drawn at least once")
     if not 0 <= args.ema < 1:
         ap.error(f"--ema {args.ema}: the decay lies in [0, 1) (0: no average)")
     if args.pothole_from == "mask" and (args.crack_from != "mask" or args.backbone != "plain"):
@@ -920,11 +990,13 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     print(f"{what} frames; loading images", flush=True)
     train_img = load_images(train, masks=True, lane=args.copy_paste > 0)
     val_img = load_images(val)
-    patches = pothole_patches(train_img) if args.copy_paste > 0 else []
+    patches = pothole_patches(train_img, max_box=args.paste_max_box) if args.copy_paste else []
+    if args.copy_paste and not patches:
+        raise SystemExit(f"--paste-max-box {args.paste_max_box}: no training pothole that small")
     if patches:
         print(f"copy-paste: {len(patches)} pothole patches", flush=True)
     scale = np.float32(INPUT[0] / SOURCE_SIZE[0])
-    pool = [i for i, f in enumerate(train) for _ in range(2 if (f.classes == 1).any() else 1)]
+    pool = [i for i, f in enumerate(train) for _ in range(draws(f, args.small_frames))]
 
     net = network(args)
     lrs = [args.lr]
@@ -974,7 +1046,15 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
             for i in pool[step * args.batch : (step + 1) * args.batch]:
                 img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
                 if patches and rng.random() < args.copy_paste:
-                    img, b, c = paste_potholes(img, b, c, patches, rng, count=rng.randint(1, 3))
+                    img, b, c = paste_potholes(
+                        img,
+                        b,
+                        c,
+                        patches,
+                        rng,
+                        count=rng.randint(*args.paste_count),
+                        cluster=args.paste_cluster,
+                    )
                 img, b, c = augment(
                     img, b, c, rng, strong=args.photometric == "strong", scales=args.scale
                 )
