@@ -51,7 +51,8 @@ the samples, near the rows they came from. For the small potholes that the test 
 many of: ``--paste-max-box 300`` pastes only potholes whose box is under 300 px at 800x500,
 ``--paste-count 2-6`` that many per sample, ``--paste-cluster 40`` within 40 px of the first
 (ravelled asphalt has them in groups); ``--small-frames K`` draws the frames that have such a
-small pothole K times per epoch instead of twice.
+small pothole K times per epoch instead of twice, and ``--small-weight W`` weighs the
+heatmap loss at the centre of a pothole that is small in the sample W times.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ from models.training.road_net import (
 
 INPUT = (640, 400)  # width, height: the model's input (--input), 0.8 x the 800x500 frames
 CROP = (384, 256)
+SMALL_POTHOLE = 300.0  # box area at 800x500: a small pothole (--small-frames, --small-weight)
 U8 = npt.NDArray[np.uint8]
 REGION_CLASSES = ["crack"]  # joined when they overlap (model.yaml `regions`)
 REGIONS = tuple(CLASSES.index(c) for c in REGION_CLASSES)
@@ -385,13 +387,31 @@ def box_loss(
     return loss
 
 
-def focal(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+def small_centres(
+    boxes: F32, classes: npt.NDArray[np.int64], gh: int, gw: int, *, stride: int, weight: float
+) -> F32:
+    """Weights [C, gh, gw] of the heatmap's positive cells: `weight` at the centre of every
+    pothole whose box in the sample is under ``SMALL_POTHOLE`` pixels at 800x500 scale, 1
+    elsewhere (``--small-weight``)."""
+    out = np.ones((len(CLASSES), gh, gw), np.float32)
+    limit = SMALL_POTHOLE * (INPUT[0] / SOURCE_SIZE[0]) ** 2
+    for b, c in zip(boxes, classes, strict=True):
+        if c == 1 and (b[2] - b[0]) * (b[3] - b[1]) < limit:
+            cx, cy = (b[0] + b[2]) / 2 / stride, (b[1] + b[3]) / 2 / stride
+            out[c, min(int(cy), gh - 1), min(int(cx), gw - 1)] = weight
+    return out
+
+
+def focal(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss; `weight` scales the positive cells' terms."""
     p = torch.sigmoid(pred).clamp(1e-4, 1 - 1e-4)
     pos = gt.eq(1).float()
     neg = 1 - pos
+    if weight is not None:
+        pos = pos * weight
     pos_loss = (torch.log(p) * (1 - p) ** 2 * pos).sum()
     neg_loss = (torch.log(1 - p) * p**2 * (1 - gt) ** 4 * neg).sum()
-    n = pos.sum().clamp(min=1)
+    n = gt.eq(1).float().sum().clamp(min=1)
     return -(pos_loss + neg_loss) / n
 
 
@@ -727,9 +747,6 @@ def input_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-SMALL_POTHOLE = 300.0  # box area at 800x500 under which --small-frames counts a pothole small
-
-
 def draws(frame: Frame, small: int) -> int:
     """How often a training frame is drawn per epoch: twice with a pothole (a quarter of the
     frames have one), `small` times with a small one."""
@@ -910,6 +927,14 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "(default 2, as every frame with a pothole)",
     )
     ap.add_argument(
+        "--small-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="weight of a small pothole's centre in the heatmap loss (box under 300 px at "
+        "800x500 scale, as it appears in the zoomed sample; default 1: as every object)",
+    )
+    ap.add_argument(
         "--photometric",
         choices=("basic", "strong"),
         default="basic",
@@ -966,6 +991,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "(a finished run's network), at --input size, without training",
     )
     args = ap.parse_args()
+    if args.small_weight <= 0:
+        ap.error(f"--small-weight {args.small_weight}: a weight above 0")
     if args.small_frames < 1:
         ap.error(f"--small-frames {args.small_frames}: a frame is drawn at least once")
     if not 0 <= args.ema < 1:
@@ -1042,7 +1069,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         rng.shuffle(pool)
         losses = []
         for step in range(steps_per_epoch):
-            imgs, heats, boxes, masks, segs, fines = [], [], [], [], [], []
+            imgs, heats, boxes, masks, segs, fines, weights = [], [], [], [], [], [], []
             for i in pool[step * args.batch : (step + 1) * args.batch]:
                 img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
                 if patches and rng.random() < args.copy_paste:
@@ -1059,6 +1086,10 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                     img, b, c, rng, strong=args.photometric == "strong", scales=args.scale
                 )
                 h, bx, m = targets(b, c, gh, gw, stride=net.stride, dense=net.dense_boxes)
+                if args.small_weight != 1:
+                    weights.append(
+                        small_centres(b, c, gh, gw, stride=net.stride, weight=args.small_weight)
+                    )
                 segs.append(seg_target(img, net.stride))
                 if net.fine:
                     fines.append(fine_target(img))
@@ -1080,7 +1111,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 seg_p, seg_t, pos_weight=torch.tensor([4.0, 8.0]).view(1, 2, 1, 1)
             )
             loss = (
-                focal(heat_p, heat_t)
+                focal(heat_p, heat_t, torch.from_numpy(np.stack(weights)) if weights else None)
                 + box_loss(box_p, box_t, mask_t, net.dense_boxes)
                 + seg
                 + extra
