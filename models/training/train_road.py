@@ -63,9 +63,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import cv2
 import numpy as np
@@ -105,6 +106,7 @@ U8 = npt.NDArray[np.uint8]
 REGION_CLASSES = ["crack"]  # joined when they overlap (model.yaml `regions`)
 REGIONS = tuple(CLASSES.index(c) for c in REGION_CLASSES)
 F32 = npt.NDArray[np.float32]
+N = TypeVar("N", int, float)
 
 
 def resize(img: U8, size: tuple[int, int], interpolation: int) -> U8:
@@ -711,26 +713,29 @@ DESCRIPTION = (
 )
 
 
-def scale_range(text: str) -> tuple[float, float]:
-    """``LOW-HIGH``: the random zoom range of the training crops, 0.2 <= LOW <= HIGH <= 3."""
-    try:
-        low, high = (float(v) for v in text.split("-"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW-HIGH, e.g. 0.5-1.3") from None
-    if not 0.2 <= low <= high <= 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 0.2 <= LOW <= HIGH <= 3")
-    return low, high
+def value_range(
+    convert: Callable[[str], N], least: N, most: N, example: str
+) -> Callable[[str], tuple[N, N]]:
+    """An argparse type for ``LOW-HIGH`` with ``least <= LOW <= HIGH <= most``."""
+
+    def parse(text: str) -> tuple[N, N]:
+        try:
+            low, high = (convert(v) for v in text.split("-"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected LOW-HIGH, e.g. {example}"
+            ) from None
+        if not least <= low <= high <= most:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected {least:g} <= LOW <= HIGH <= {most:g}"
+            )
+        return low, high
+
+    return parse
 
 
-def count_range(text: str) -> tuple[int, int]:
-    """``LOW-HIGH``: how many potholes are pasted into a sample, 1 <= LOW <= HIGH <= 20."""
-    try:
-        low, high = (int(v) for v in text.split("-"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW-HIGH, e.g. 1-3") from None
-    if not 1 <= low <= high <= 20:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 1 <= LOW <= HIGH <= 20")
-    return low, high
+scale_range = value_range(float, 0.2, 3.0, "0.5-1.3")  # the random zoom of the training crops
+count_range = value_range(int, 1, 20, "1-3")  # potholes pasted into a sample
 
 
 def input_size(text: str) -> tuple[int, int]:
