@@ -14,7 +14,8 @@ greedy matching at IoU >= 0.5, scores down to 0.05, boxes as the detector gives 
 precision, recall and F1 of what the node reports: the package's own score thresholds and
 its ``regions`` joined (overlapping crack-region boxes are one region); pothole recall by
 box area (where the misses are); the same figures per highway; inference time per frame
-(p50, mean) at the input size.
+(p50, mean) at the input size. ``--sheets DIR`` also writes contact sheets of each class's
+highest-scoring false alarms and of its misses, to look at (``models.training.sheets``).
 Needs no torch.
 """
 
@@ -280,6 +281,17 @@ def run_frames(model: LoadedModel, frames: list[Frame]) -> tuple[list[Prediction
     return preds, times
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -292,6 +304,20 @@ def main() -> None:
         action="store_true",
         help="print the per-class score thresholds with the best F1 on this split (val only: "
         "for the package's model.yaml), after the package's own post-processing",
+    )
+    ap.add_argument(
+        "--sheets",
+        type=Path,
+        metavar="DIR",
+        help="also write contact sheets of each class's top false alarms and of its misses "
+        "into DIR, with sheets.json listing each tile (models/training/sheets.py)",
+    )
+    ap.add_argument(
+        "--sheet-count",
+        type=positive_int,
+        default=36,
+        metavar="N",
+        help="tiles per sheet (default 36)",
     )
     add_hold_out(ap)
     args = ap.parse_args()
@@ -321,6 +347,11 @@ def main() -> None:
     }
     held = f", with {' '.join(args.hold_out)} of train" if args.hold_out else ""
     figures["split"] = f"{args.split}{held} ({len(frames)} frames)"
+    if args.sheets is not None:
+        from models.training.sheets import write_sheets  # noqa: PLC0415 (it imports this module)
+
+        write_sheets(args.sheets, frames, preds, thresholds, regions, count=args.sheet_count)
+        figures["sheets"] = str(args.sheets)
     print(json.dumps(figures, indent=1))
 
 

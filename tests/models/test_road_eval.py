@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -212,3 +213,95 @@ def test_a_held_out_stretch_of_the_training_roads_leaves_train_and_joins_val(
         load_split(tmp_path, "test", held)
     with pytest.raises(SystemExit, match=r"--hold-out 290RS999: no frame of train\.txt"):
         load_split(tmp_path, "val", ["290RS999"])
+
+
+def test_sheets_show_the_top_false_alarms_and_the_misses_with_what_each_tile_is(
+    tmp_path: Path,
+) -> None:
+    from models.training.sheets import COLUMNS, TILE, false_alarms, misses, write_sheets
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for i in range(2):
+        path = tmp_path / f"f{i}_RAW.jpg"
+        cv2.imwrite(str(path), rng.integers(100, 150, (500, 800, 3), dtype=np.uint8))
+        frames.append(
+            Frame(
+                f"1_RS_386_386RS1_{i}",
+                path,
+                np.asarray([[100, 100, 140, 130], [500, 300, 560, 340]], np.float32),
+                np.asarray([1, 1]),
+            )
+        )
+    preds = [
+        # frame 0: the first pothole found; a box over nothing (0.7); one beside the
+        # second pothole, misplaced (IoU 0.2: neither a hit nor "nothing there")
+        pred(
+            (101, 100, 140, 131, 0.9, 1), (300, 50, 330, 80, 0.7, 1), (530, 300, 590, 340, 0.8, 1)
+        ),
+        # frame 1: the second pothole found below the threshold (0.3), a higher alarm (0.95)
+        pred((500, 300, 560, 341, 0.3, 1), (700, 400, 740, 440, 0.95, 1)),
+    ]
+    alarms = false_alarms(frames, preds, 1)
+    assert [(a["frame"], a["score"]) for a in alarms] == [
+        (1, pytest.approx(0.95)),
+        (0, pytest.approx(0.7)),
+    ]
+    thresholds = {"crack": 0.5, "pothole": 0.5}
+    missed = misses(frames, preds, 1, thresholds)
+    # frame 0's second pothole (nothing matched it at all), frame 1's two (one under the
+    # threshold, at 0.3; the other with no prediction over it)
+    assert [(m["frame"], m["box"][0], m["score"]) for m in missed] == [
+        (0, 500.0, None),
+        (1, 100.0, None),
+        (1, 500.0, pytest.approx(0.3)),
+    ]
+
+    listing = write_sheets(tmp_path / "sheets", frames, preds, thresholds, count=2)
+    pothole = listing["pothole"]
+    assert (pothole["false_alarms_total"], pothole["misses_total"]) == (2, 3)
+    assert [t["score"] for t in pothole["false_alarms"]] == [0.95, 0.7]
+    # two of the three misses, spread over the split: the first and the last
+    assert [(t["frame"], t["box"][0]) for t in pothole["misses"]] == [
+        ("1_RS_386_386RS1_0", 500.0),
+        ("1_RS_386_386RS1_1", 500.0),
+    ]
+    assert listing["crack"]["false_alarms"] == listing["crack"]["misses"] == []
+    for name in ("pothole-false-alarms", "pothole-misses"):
+        image = cv2.imread(str(tmp_path / "sheets" / f"{name}.jpg"))
+        assert image is not None and image.shape == (TILE[1], TILE[0] * COLUMNS, 3)
+    first = cv2.imread(str(tmp_path / "sheets" / "pothole-false-alarms.jpg"))
+    # the green box of the alarm is drawn on its tile, the blank tiles stay black
+    tile0 = first[:, : TILE[0]].astype(int)
+    assert ((tile0[..., 1] > 180) & (tile0[..., 0] < 80) & (tile0[..., 2] < 80)).sum() > 20
+    assert first[:, 2 * TILE[0] :].max() < 30
+    assert json.loads((tmp_path / "sheets" / "sheets.json").read_text()) == listing
+
+
+def test_road_eval_writes_the_sheets_it_is_asked_for_and_refuses_a_count_under_one(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    names = ["5_RS_386_386RS1_1", "6_RS_386_386RS1_2"]
+    (tmp_path / "test.txt").write_text("".join(f"{n}_RAW.jpg\n" for n in names))
+    for i, n in enumerate(names):
+        write_frame(tmp_path, n, (300 + 20 * i, 380, 360 + 20 * i, 410))
+    command = [sys.executable, "-m", "models.training.road_eval", str(tmp_path)]
+    command += ["--model", str(ROAD), "--sheets", str(tmp_path / "s")]
+    done = subprocess.run(
+        [*command, "--sheet-count", "2"], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sheets"] == str(tmp_path / "s")
+    listing = json.loads((tmp_path / "s" / "sheets.json").read_text())
+    # a grey road has no pothole the package reports: both are misses, on the sheet
+    assert listing["pothole"]["misses_total"] == 2
+    assert [t["frame"] for t in listing["pothole"]["misses"]] == names
+    assert cv2.imread(str(tmp_path / "s" / "pothole-misses.jpg")) is not None
+    refused = subprocess.run(
+        [*command, "--sheet-count", "0"], check=False, capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    assert "--sheet-count: '0': must be at least 1" in refused.stderr
