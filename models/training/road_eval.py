@@ -319,6 +319,14 @@ def main() -> None:
         metavar="N",
         help="tiles per sheet (default 36)",
     )
+    ap.add_argument(
+        "--unmarked",
+        type=Path,
+        metavar="FILE",
+        help="also write to FILE (JSON) each class's false alarms at the package's "
+        "thresholds, by frame: where the masks may have left objects out (for review, or "
+        "for train_road --ignore-unmarked)",
+    )
     add_hold_out(ap)
     args = ap.parse_args()
     frames = load_split(args.data, args.split, args.hold_out)
@@ -347,11 +355,18 @@ def main() -> None:
     }
     held = f", with {' '.join(args.hold_out)} of train" if args.hold_out else ""
     figures["split"] = f"{args.split}{held} ({len(frames)} frames)"
-    if args.sheets is not None:
-        from models.training.sheets import write_sheets  # noqa: PLC0415 (it imports this module)
+    if args.sheets is not None or args.unmarked is not None:
+        from models.training import sheets  # noqa: PLC0415 (it imports this module)
 
-        write_sheets(args.sheets, frames, preds, thresholds, regions, count=args.sheet_count)
-        figures["sheets"] = str(args.sheets)
+        if args.sheets is not None:
+            sheets.write_sheets(
+                args.sheets, frames, preds, thresholds, regions, count=args.sheet_count
+            )
+            figures["sheets"] = str(args.sheets)
+        if args.unmarked is not None:
+            found = sheets.unmarked(frames, preds, thresholds)
+            args.unmarked.write_text(json.dumps(found, indent=1))
+            figures["unmarked"] = {name: sum(map(len, found[name].values())) for name in CLASSES}
     print(json.dumps(figures, indent=1))
 
 

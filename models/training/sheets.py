@@ -82,6 +82,24 @@ def misses(
     return out
 
 
+def unmarked(
+    frames: list[Frame], preds: list[Prediction], thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """Per class, the false alarms the node would report (at the class's threshold), by
+    frame name, boxes in source pixels: where the masks may have left an object out
+    (``road_eval --unmarked FILE``; ``train_road --ignore-unmarked FILE`` reads it)."""
+    out: dict[str, Any] = {"thresholds": thresholds}
+    for cls, name in enumerate(CLASSES):
+        by_frame: dict[str, list[list[float]]] = {}
+        for item in false_alarms(frames, preds, cls):
+            if item["score"] < thresholds[name]:
+                break  # highest score first
+            box = [round(v, 1) for v in item["box"]]
+            by_frame.setdefault(frames[item["frame"]].name, []).append(box)
+        out[name] = by_frame
+    return out
+
+
 def spread(items: list[Item], count: int) -> list[Item]:
     """`count` items evenly over the list (all of them when there are fewer)."""
     if len(items) <= count:

@@ -248,8 +248,9 @@ def augment(
         canvas[py : py + sh, px : px + sw] = img
         img = canvas
         boxes = boxes + np.asarray([px, py, px, py], np.float32)
-    if len(boxes) and rng.random() < 0.7:  # crop around an object most of the time
-        b = boxes[rng.randrange(len(boxes))]
+    real = np.flatnonzero(classes < len(CLASSES))  # not the unmarked boxes (IGNORED)
+    if len(real) and rng.random() < 0.7:  # crop around an object most of the time
+        b = boxes[real[rng.randrange(len(real))]]
         cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
         x0 = int(np.clip(cx - rng.uniform(0.2, 0.8) * CROP[0], 0, nw - CROP[0]))
         y0 = int(np.clip(cy - rng.uniform(0.2, 0.8) * CROP[1], 0, nh - CROP[1]))
@@ -404,17 +405,57 @@ def small_centres(
     return out
 
 
-def focal(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss; `weight` scales the positive cells' terms."""
+def focal(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    ignore: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss; `weight` scales the positive cells' terms,
+    `ignore` (0 or 1) the negative cells' terms."""
     p = torch.sigmoid(pred).clamp(1e-4, 1 - 1e-4)
     pos = gt.eq(1).float()
     neg = 1 - pos
     if weight is not None:
         pos = pos * weight
+    if ignore is not None:
+        neg = neg * ignore
     pos_loss = (torch.log(p) * (1 - p) ** 2 * pos).sum()
     neg_loss = (torch.log(1 - p) * p**2 * (1 - gt) ** 4 * neg).sum()
     n = gt.eq(1).float().sum().clamp(min=1)
     return -(pos_loss + neg_loss) / n
+
+
+IGNORED = len(CLASSES)  # class of an unmarked box in a sample: not an object, not background
+
+
+def unmarked_boxes(path: Path, frames: list[Frame]) -> dict[int, F32]:
+    """The pothole boxes of a ``road_eval --unmarked`` file by training frame (source
+    pixels): places the masks may have left a pothole out (``--ignore-unmarked``)."""
+    try:
+        listed = json.loads(path.read_text())["pothole"]
+        boxes = {n: np.asarray(b, np.float32).reshape(-1, 4) for n, b in listed.items()}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SystemExit(
+            f"--ignore-unmarked {path}: not a file of road_eval --unmarked ({exc})"
+        ) from None
+    index = {f.name: i for i, f in enumerate(frames)}
+    found = {index[n]: b for n, b in boxes.items() if n in index and len(b)}
+    if not found:
+        raise SystemExit(f"--ignore-unmarked {path}: no pothole box on a training frame")
+    return found
+
+
+def ignore_mask(boxes: F32, gh: int, gw: int, *, stride: int) -> F32:
+    """[C, gh, gw]: 0 on the pothole channel over the cells of `boxes` and one cell
+    around them (their negatives are not penalised: the network is neither taught that
+    a pothole is there nor that none is), 1 elsewhere."""
+    out = np.ones((len(CLASSES), gh, gw), np.float32)
+    for b in boxes:
+        x0, y0 = max(int(b[0] // stride) - 1, 0), max(int(b[1] // stride) - 1, 0)
+        x1, y1 = min(math.ceil(b[2] / stride) + 1, gw), min(math.ceil(b[3] / stride) + 1, gh)
+        out[CLASSES.index("pothole"), y0:y1, x0:x1] = 0.0
+    return out
 
 
 def seg_target(img: U8, stride: int = STRIDE) -> F32:
@@ -940,6 +981,14 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         "800x500 scale, as it appears in the zoomed sample; default 1: as every object)",
     )
     ap.add_argument(
+        "--ignore-unmarked",
+        type=Path,
+        metavar="FILE",
+        help="a road_eval --unmarked file of the training split: its pothole boxes are "
+        "neither objects nor background in the heatmap and segmentation losses (the masks "
+        "leave some potholes out)",
+    )
+    ap.add_argument(
         "--photometric",
         choices=("basic", "strong"),
         default="basic",
@@ -1028,6 +1077,10 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     if patches:
         print(f"copy-paste: {len(patches)} pothole patches", flush=True)
     scale = np.float32(INPUT[0] / SOURCE_SIZE[0])
+    unmarked = unmarked_boxes(args.ignore_unmarked, train) if args.ignore_unmarked else {}
+    if unmarked:
+        listed = sum(map(len, unmarked.values()))
+        print(f"ignored: {listed} unmarked boxes on {len(unmarked)} frames", flush=True)
     pool = [i for i, f in enumerate(train) for _ in range(draws(f, args.small_frames))]
 
     net = network(args)
@@ -1075,8 +1128,12 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         losses = []
         for step in range(steps_per_epoch):
             imgs, heats, boxes, masks, segs, fines, weights = [], [], [], [], [], [], []
+            ignores = []
             for i in pool[step * args.batch : (step + 1) * args.batch]:
                 img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
+                if i in unmarked:  # through the augmentation with the objects
+                    b = np.concatenate([b, unmarked[i] * scale])
+                    c = np.concatenate([c, np.full(len(unmarked[i]), IGNORED, np.int64)])
                 if patches and rng.random() < args.copy_paste:
                     img, b, c = paste_potholes(
                         img,
@@ -1090,6 +1147,9 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 img, b, c = augment(
                     img, b, c, rng, strong=args.photometric == "strong", scales=args.scale
                 )
+                if unmarked:
+                    ignores.append(ignore_mask(b[c == IGNORED], gh, gw, stride=net.stride))
+                    b, c = b[c != IGNORED], c[c != IGNORED]
                 h, bx, m = targets(b, c, gh, gw, stride=net.stride, dense=net.dense_boxes)
                 if args.small_weight != 1:
                     weights.append(
@@ -1112,11 +1172,20 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
                 heat_p, box_p, seg_p = net.forward_train(to_tensor(imgs))
                 extra = torch.zeros(())
             seg_t = torch.from_numpy(np.stack(segs))
+            ignore_t = torch.from_numpy(np.stack(ignores)) if ignores else None
             seg = F.binary_cross_entropy_with_logits(
-                seg_p, seg_t, pos_weight=torch.tensor([4.0, 8.0]).view(1, 2, 1, 1)
+                seg_p,
+                seg_t,
+                weight=ignore_t,
+                pos_weight=torch.tensor([4.0, 8.0]).view(1, 2, 1, 1),
             )
             loss = (
-                focal(heat_p, heat_t, torch.from_numpy(np.stack(weights)) if weights else None)
+                focal(
+                    heat_p,
+                    heat_t,
+                    torch.from_numpy(np.stack(weights)) if weights else None,
+                    ignore_t,
+                )
                 + box_loss(box_p, box_t, mask_t, net.dense_boxes)
                 + seg
                 + extra
