@@ -53,6 +53,12 @@ many of: ``--paste-max-box 300`` pastes only potholes whose box is under 300 px 
 (ravelled asphalt has them in groups); ``--small-frames K`` draws the frames that have such a
 small pothole K times per epoch instead of twice, and ``--small-weight W`` weighs the
 heatmap loss at the centre of a pothole that is small in the sample W times.
+
+The masks leave some potholes out. ``--ignore-unmarked FILE`` takes the pothole boxes of
+``road_eval --split train --unmarked FILE`` (what a package reports on the training frames
+where the masks mark nothing) and leaves them out of the heatmap and segmentation losses:
+they pass through the augmentation with the objects, and the pothole channel is neither
+positive nor negative over them and one cell around.
 """
 
 from __future__ import annotations

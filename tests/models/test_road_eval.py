@@ -218,7 +218,14 @@ def test_a_held_out_stretch_of_the_training_roads_leaves_train_and_joins_val(
 def test_sheets_show_the_top_false_alarms_and_the_misses_with_what_each_tile_is(
     tmp_path: Path,
 ) -> None:
-    from models.training.sheets import COLUMNS, TILE, false_alarms, misses, write_sheets
+    from models.training.sheets import (
+        COLUMNS,
+        TILE,
+        false_alarms,
+        misses,
+        unmarked,
+        write_sheets,
+    )
 
     rng = np.random.default_rng(5)
     frames = []
@@ -257,6 +264,19 @@ def test_sheets_show_the_top_false_alarms_and_the_misses_with_what_each_tile_is(
         (1, 500.0, pytest.approx(0.3)),
     ]
 
+    # what the node would report where the masks mark nothing: the alarms at or above the
+    # threshold, by frame (0.95 and 0.7 at 0.5; at 0.8 only the first)
+    assert unmarked(frames, preds, thresholds)["pothole"] == {
+        "1_RS_386_386RS1_1": [[700.0, 400.0, 740.0, 440.0]],
+        "1_RS_386_386RS1_0": [[300.0, 50.0, 330.0, 80.0]],
+    }
+    strict = unmarked(frames, preds, {"crack": 0.5, "pothole": 0.8})
+    assert strict == {
+        "thresholds": {"crack": 0.5, "pothole": 0.8},
+        "crack": {},
+        "pothole": {"1_RS_386_386RS1_1": [[700.0, 400.0, 740.0, 440.0]]},
+    }
+
     listing = write_sheets(tmp_path / "sheets", frames, preds, thresholds, count=2)
     pothole = listing["pothole"]
     assert (pothole["false_alarms_total"], pothole["misses_total"]) == (2, 3)
@@ -290,11 +310,18 @@ def test_road_eval_writes_the_sheets_it_is_asked_for_and_refuses_a_count_under_o
         write_frame(tmp_path, n, (300 + 20 * i, 380, 360 + 20 * i, 410))
     command = [sys.executable, "-m", "models.training.road_eval", str(tmp_path)]
     command += ["--model", str(ROAD), "--sheets", str(tmp_path / "s")]
+    command += ["--unmarked", str(tmp_path / "unmarked.json")]
     done = subprocess.run(
         [*command, "--sheet-count", "2"], check=False, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["sheets"] == str(tmp_path / "s")
+    figures = json.loads(done.stdout)
+    assert figures["sheets"] == str(tmp_path / "s")
+    # nothing reported on a grey road: nothing unmarked either, at the package's thresholds
+    assert figures["unmarked"] == {"crack": 0, "pothole": 0}
+    listed = json.loads((tmp_path / "unmarked.json").read_text())
+    assert listed["thresholds"]["pothole"] == figures["pothole"]["threshold"]
+    assert listed["pothole"] == listed["crack"] == {}
     listing = json.loads((tmp_path / "s" / "sheets.json").read_text())
     # a grey road has no pothole the package reports: both are misses, on the sheet
     assert listing["pothole"]["misses_total"] == 2
