@@ -329,6 +329,15 @@ def main() -> None:
     )
     add_hold_out(ap)
     args = ap.parse_args()
+    if args.pick and (args.sheets or args.unmarked):
+        ap.error("--pick only prints thresholds: --sheets and --unmarked go without it")
+    if args.sheets is not None:  # before the frames are run, not after
+        try:
+            args.sheets.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            ap.error(f"--sheets {args.sheets}: cannot be made ({exc.strerror})")
+    if args.unmarked is not None and not args.unmarked.parent.is_dir():
+        ap.error(f"--unmarked {args.unmarked}: there is no folder {args.unmarked.parent}")
     frames = load_split(args.data, args.split, args.hold_out)
     model = LoadedModel.load(args.model, threads=1)
     spec = model.spec
@@ -365,7 +374,10 @@ def main() -> None:
             figures["sheets"] = str(args.sheets)
         if args.unmarked is not None:
             found = sheets.unmarked(frames, preds, thresholds)
-            args.unmarked.write_text(json.dumps(found, indent=1))
+            try:
+                args.unmarked.write_text(json.dumps(found, indent=1))
+            except OSError as exc:
+                raise SystemExit(f"--unmarked {args.unmarked}: cannot be written ({exc})") from None
             figures["unmarked"] = {name: sum(map(len, found[name].values())) for name in CLASSES}
     print(json.dumps(figures, indent=1))
 

@@ -159,7 +159,10 @@ def write_sheets(
     """`CLASS-false-alarms.jpg` and `CLASS-misses.jpg` per class in `out` (the top `count`
     false alarms, `count` misses spread over the split) and `sheets.json`, which lists
     each tile's frame, box and score; returns that listing."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"{out}: cannot be made ({exc.strerror})") from None
     listing: dict[str, Any] = {}
     for cls, name in enumerate(CLASSES):
         alarms = false_alarms(frames, preds, cls)

@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -332,3 +333,13 @@ def test_road_eval_writes_the_sheets_it_is_asked_for_and_refuses_a_count_under_o
     )
     assert refused.returncode == 2
     assert "--sheet-count: '0': must be at least 1" in refused.stderr
+    # a place that cannot be written is refused before any frame is run
+    (tmp_path / "file").write_text("")
+    for bad, message in (
+        (["--sheets", str(tmp_path / "file" / "s")], "--sheets .*: cannot be made"),
+        (["--unmarked", str(tmp_path / "no" / "u.json")], "--unmarked .*: there is no folder"),
+        (["--pick"], "--pick only prints thresholds"),
+    ):
+        refused = subprocess.run([*command, *bad], check=False, capture_output=True, text=True)
+        assert refused.returncode == 2
+        assert re.search(message, refused.stderr), refused.stderr
