@@ -6,8 +6,9 @@ shows (``road_eval --sheets DIR``).
 A false alarm is a prediction that overlaps no object of its class at all (IoU < 0.1):
 the ground truth marks nothing there. Looking at them tells a detector's mistakes apart
 from objects the annotation left out. A miss is an object that nothing the node reports
-matches at IoU >= 0.5, the package's thresholds and region joining applied, as in the
-recall that ``road_eval`` prints. Misses are taken evenly over the split, in frame order.
+overlaps at IoU >= 0.5, the package's thresholds and region joining applied (the recall
+that ``road_eval`` prints pairs boxes and objects one to one, so it can count a few more).
+Misses are taken evenly over the split, in frame order.
 """
 
 from __future__ import annotations
