@@ -15,7 +15,9 @@ precision, recall and F1 of what the node reports: the package's own score thres
 its ``regions`` joined (overlapping crack-region boxes are one region); pothole recall by
 box area (where the misses are); the same figures per highway; inference time per frame
 (p50, mean) at the input size. ``--sheets DIR`` also writes contact sheets of each class's
-highest-scoring false alarms and of its misses, to look at (``models.training.sheets``).
+highest-scoring false alarms and of its misses, to look at (``models.training.sheets``);
+``--ceilings`` gives AP50 with part of the errors gone (`ceilings`), to see where the
+rest of the way to a target lies.
 Needs no torch.
 """
 
@@ -134,6 +136,56 @@ def recall_by_area(
         }
         for i in range(len(total))
     ]
+
+
+def _truth(f: Frame) -> Prediction:
+    return (f.boxes.astype(np.float32), np.ones(len(f.boxes), np.float32), f.classes.copy())
+
+
+def _found(f: Frame, p: Prediction, cls: int, least: float) -> Prediction:
+    """`p` with every `cls` object of at least `least` px found: its ground-truth box added
+    at a score above any other, and the boxes of `p` that match it at IoU 0.5 taken away."""
+    gt = f.boxes[f.classes == cls]
+    big = gt[(gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]) >= least].astype(np.float32)
+    boxes, conf, classes = p
+    drop = (classes == cls) & (iou_matrix(boxes, big).max(axis=1, initial=0.0) >= IOU)
+    return (
+        np.concatenate([boxes[~drop], big]).astype(np.float32),
+        np.concatenate([conf[~drop], np.full(len(big), 2.0, np.float32)]),
+        np.concatenate([classes[~drop], np.full(len(big), cls, np.int64)]),
+    )
+
+
+def ceilings(frames: list[Frame], preds: list[Prediction], cls: int) -> dict[str, Any]:
+    """What AP50 of `cls` would be with part of the errors gone: figures for deciding
+    where work (or a target) can go, not figures of the package.
+
+    - ``perfect_but``: per highway, that highway's frames as the package does them and every
+      other frame's objects found exactly, at score 1 (what that highway costs);
+    - ``found_from_area``: per area edge A (``AREA_EDGES``, 800x500 px), every object of at
+      least A px found at a score above all others (what finding all of that size gives)."""
+
+    def ap(changed: list[Prediction]) -> float:
+        return round(average_precision(*_matches(frames, changed, cls)), 4)
+
+    roads = [highway(f) for f in frames]
+    return {
+        "perfect_but": {
+            road: ap(
+                [
+                    p if r == road else _truth(f)
+                    for f, p, r in zip(frames, preds, roads, strict=True)
+                ]
+            )
+            for road in sorted(set(roads))
+        },
+        "found_from_area": {
+            f"{least:.0f}": ap(
+                [_found(f, p, cls, least) for f, p in zip(frames, preds, strict=True)]
+            )
+            for least in AREA_EDGES[1:-1]
+        },
+    }
 
 
 def _curve(scores: F32, hits: npt.NDArray[np.bool_], n_gt: int) -> tuple[F32, F32, F32]:
@@ -292,7 +344,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -327,10 +379,21 @@ def main() -> None:
         "thresholds, by frame: where the masks may have left objects out (for review, or "
         "for train_road --ignore-unmarked)",
     )
+    ap.add_argument(
+        "--ceilings",
+        action="store_true",
+        help="also give each class's AP50 with part of the errors gone: with every other "
+        "highway perfect, and with every object from a size up found (where work can go)",
+    )
     add_hold_out(ap)
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
-    if args.pick and (args.sheets or args.unmarked):
-        ap.error("--pick only prints thresholds: --sheets and --unmarked go without it")
+    if args.pick and (args.sheets or args.unmarked or args.ceilings):
+        ap.error("--pick only prints thresholds: --sheets, --unmarked and --ceilings go without it")
     if args.sheets is not None:  # before the frames are run, not after
         try:
             args.sheets.mkdir(parents=True, exist_ok=True)
@@ -353,6 +416,8 @@ def main() -> None:
     )
     for c, name in enumerate(CLASSES):
         figures[name]["ap_by_iou"] = ap_by_iou(frames, preds, c)
+        if args.ceilings:
+            figures[name]["ceilings"] = ceilings(frames, preds, c)
     figures["by_highway"] = by_highway(frames, preds, thresholds, regions)
     ms = sorted(t * 1000 for t in times)
     figures["inference"] = {

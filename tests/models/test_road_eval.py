@@ -17,6 +17,7 @@ from models.training.road_eval import (
     Prediction,
     ap_by_iou,
     by_highway,
+    ceilings,
     evaluate,
     pick_thresholds,
     recall_by_area,
@@ -134,6 +135,43 @@ def test_figures_per_highway_come_from_that_highways_frames_only() -> None:
     # all frames together: two of the three found
     overall = evaluate(frames, preds, {"crack": 0.5, "pothole": 0.5})["pothole"]
     assert overall["recall"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_ceilings_give_ap_with_a_highway_left_as_is_or_a_size_found_in_full() -> None:
+    frames = [
+        # RS-386: a 900 px pothole and a 100 px one; DF-020: a 1600 px one
+        frame((0, 0, 30, 30, 1), (100, 100, 110, 110, 1), name="1_RS_386_386RS1_1"),
+        frame((50, 50, 90, 90, 1), name="2_DF_020_020DF1_1"),
+    ]
+    preds = [
+        # a false alarm on top, the 900 px pothole found, the small one missed
+        pred((200, 200, 220, 220, 0.95, 1), (0, 0, 30, 30, 0.9, 1)),
+        pred((50, 50, 90, 88, 0.5, 1)),  # found
+    ]
+    # ranked: miss, hit, hit: precision 1/2 then 2/3 up to recall 2/3 -> AP 4/9
+    assert evaluate(frames, preds, {"crack": 0.5, "pothole": 0.5})["pothole"]["ap50"] == (
+        pytest.approx(4 / 9, abs=1e-4)
+    )
+    got = ceilings(frames, preds, 1)
+    assert got["perfect_but"] == {
+        # DF-020 found at 1, then RS-386 as is: hit, miss, hit -> 1/3 + 1/3 * 2/3
+        "RS-386": pytest.approx(5 / 9, abs=1e-4),
+        # RS-386's two at 1, DF-020's found at 0.5 -> everything before any false alarm
+        "DF-020": 1.0,
+    }
+    assert got["found_from_area"] == {
+        # both larger ones at the top (their own boxes taken away); the false alarm, the
+        # small one missed -> 2/3
+        "300": pytest.approx(2 / 3, abs=1e-4),
+        "600": pytest.approx(2 / 3, abs=1e-4),
+        # only the 1600 px one: hit, false alarm, hit (the 900 px one at 0.9) -> 5/9
+        "1200": pytest.approx(5 / 9, abs=1e-4),
+        "2500": pytest.approx(4 / 9, abs=1e-4),  # nothing that large: as is
+    }
+    assert ceilings(frames, preds, 0) == {  # no cracks anywhere: nothing to find
+        "perfect_but": {"DF-020": 0.0, "RS-386": 0.0},
+        "found_from_area": dict.fromkeys(("300", "600", "1200", "2500"), 0.0),
+    }
 
 
 def test_run_frames_gives_every_candidate_down_to_the_floor_and_restores_the_package(
@@ -313,10 +351,15 @@ def test_road_eval_writes_the_sheets_it_is_asked_for_and_refuses_a_count_under_o
     command += ["--model", str(ROAD), "--sheets", str(tmp_path / "s")]
     command += ["--unmarked", str(tmp_path / "unmarked.json")]
     done = subprocess.run(
-        [*command, "--sheet-count", "2"], check=False, capture_output=True, text=True
+        [*command, "--sheet-count", "2", "--ceilings"], check=False, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
+    # the two 1800 px potholes, found in full from 1200 px down, none at 2500
+    assert figures["pothole"]["ceilings"] == {
+        "perfect_but": {"RS-386": figures["pothole"]["ap50"]},  # the only highway
+        "found_from_area": {"300": 1.0, "600": 1.0, "1200": 1.0, "2500": 0.0},
+    }
     assert figures["sheets"] == str(tmp_path / "s")
     # nothing reported on a grey road: nothing unmarked either, at the package's thresholds
     assert figures["unmarked"] == {"crack": 0, "pothole": 0}
@@ -343,3 +386,9 @@ def test_road_eval_writes_the_sheets_it_is_asked_for_and_refuses_a_count_under_o
         refused = subprocess.run([*command, *bad], check=False, capture_output=True, text=True)
         assert refused.returncode == 2
         assert re.search(message, refused.stderr), refused.stderr
+    plain = [sys.executable, "-m", "models.training.road_eval", str(tmp_path), "--model", str(ROAD)]
+    refused = subprocess.run(
+        [*plain, "--ceilings", "--pick"], check=False, capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    assert "--pick only prints thresholds" in refused.stderr
