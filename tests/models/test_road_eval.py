@@ -154,9 +154,9 @@ def test_ceilings_give_ap_with_a_highway_left_as_is_or_a_size_found_in_full() ->
     )
     got = ceilings(frames, preds, 1)
     assert got["perfect_but"] == {
-        # DF-020 found at 1, then RS-386 as is: hit, miss, hit -> 1/3 + 1/3 * 2/3
+        # DF-020 found first, then RS-386 as is: hit, miss, hit -> 1/3 + 1/3 * 2/3
         "RS-386": pytest.approx(5 / 9, abs=1e-4),
-        # RS-386's two at 1, DF-020's found at 0.5 -> everything before any false alarm
+        # RS-386's two first, DF-020's found at 0.5 -> everything before any false alarm
         "DF-020": 1.0,
     }
     assert got["found_from_area"] == {
