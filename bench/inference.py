@@ -52,8 +52,8 @@ from gateway.config import (
     NodeSection,
     OutboxSection,
 )
+from gateway.kernel.records import Detection
 from gateway.plugins import DriverRegistry
-from gateway.records import Detection
 from models.package import load_spec
 
 THREADS = 2

@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT))
 from drivers.modbus.driver import ModbusConfig, ModbusDriver
 from drivers.modbus.planner import plan
 from drivers.modbus.profile import Profile, load_profile
+from drivers.sharing import SharedResources
 from firmware_sim.broker import free_port, wait_for_port
 from gateway.bus import Bus
-from gateway.clock import SystemClock
-from gateway.devices import DeviceContext, SharedResources
+from gateway.devices import DeviceContext
+from gateway.kernel.clock import SystemClock
 
 POINTS = 50
 ROUNDS = 5

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.bus import Bus
-from gateway.records import Event, Reading
+from gateway.kernel.records import Event, Reading
+from gateway.rules_host import RuleHost
 from rules.bundle import parse_bundle
 from rules.compiler import CompiledBundle, compile_bundle
 from rules.engine import RuleEngine
@@ -108,7 +109,7 @@ def throughput(
 
 async def latency(compiled: CompiledBundle, seconds: float, rate: int) -> list[float]:
     bus = Bus()
-    engine = RuleEngine(bus, node="bench")
+    engine = RuleEngine(node="bench")
     engine.swap(compiled)
     sent: dict[int, float] = {}
     got: list[float] = []
@@ -127,7 +128,7 @@ async def latency(compiled: CompiledBundle, seconds: float, rate: int) -> list[f
 
         async with asyncio.TaskGroup() as tg:
             tasks = [
-                tg.create_task(engine.run(lambda: None), name="bench.rules"),
+                tg.create_task(RuleHost(engine, bus).run(lambda: None), name="bench.rules"),
                 tg.create_task(watch(), name="bench.watch"),
             ]
             await asyncio.sleep(0.1)
@@ -159,7 +160,7 @@ async def latency(compiled: CompiledBundle, seconds: float, rate: int) -> list[f
 def memory(n: int, data: list[Reading]) -> float:
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    engine = RuleEngine(Bus(), node="bench")
+    engine = RuleEngine(node="bench")
     engine.swap(compile_bundle(parse_bundle(bundle_text(n))))
     t = 0.0
     for reading in data:

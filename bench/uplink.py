@@ -38,7 +38,7 @@ from gateway.config import (
     OutboxSection,
     TlsSection,
 )
-from gateway.records import Reading
+from gateway.kernel.records import Reading
 
 WINDOW = 8
 

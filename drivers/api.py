@@ -1,15 +1,21 @@
-"""The driver API that built-in and vendor drivers are written against.
+"""The driver SDK: everything a built-in or vendor driver is written against.
 
 A driver is a class with a pydantic config model keyed on ``type``, a long-lived
 cancellable ``run(ctx)``, and optionally ``write(point, value)`` and ``discover()``.
 It talks to the rest of the node only through its `DriverContext`: it publishes
-`Reading` records, reports whether its device is online, logs, reads the clock and shares
-physical resources (one RS-485 line serves many slaves) with other drivers. It never sees
-MQTT, the outbox or the rules.
+`Reading` records, reports whether its device is online, logs, reads the clock, shares
+physical resources (one RS-485 line serves many slaves) with other drivers and, for
+cameras, asks the node's models about images. It never sees MQTT, the outbox or the rules.
+
+Import everything from this module (``from drivers.api import Driver, Reading, ...``);
+nothing else of cityneuron is part of the SDK. The conformance kit is
+``drivers.api.DriverConformance`` (it needs pytest, so it loads on first use).
 
 Compatibility: `API_VERSION` is ``"MAJOR.MINOR"``. A driver declares the version it was
-written for in its ``api_version`` class attribute; the gateway loads it when the majors
-are equal and the driver's minor is not newer than the gateway's.
+written for in its ``api_version`` class attribute; the node loads it when the majors
+are equal and the driver's minor is not newer than the node's. 2.0 made this module the
+whole SDK: 1.x drivers imported `gateway.config.Duration` and `gateway.records`, which
+are gone (docs/driver-sdk.md, "Migrating from 1.x").
 """
 
 from __future__ import annotations
@@ -20,14 +26,55 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.clock import Clock
-from gateway.records import Detection, Quality, Reading, Value
+from drivers.profiles import ProfileLoader, ProfileRef
+from gateway.kernel.backoff import backoff
+from gateway.kernel.cancel import raise_if_cancelling
+from gateway.kernel.clock import Clock, SystemClock
+from gateway.kernel.durations import Duration
+from gateway.kernel.inference import FoundObject
+from gateway.kernel.plugins import compatible as versions_compatible
+from gateway.kernel.records import Detection, Event, Quality, Reading, Severity, Value, new_id
+from gateway.kernel.yamlsource import SourceError, load_model
 
-API_VERSION = "1.1"  # 1.1: infer() and publish_detection() for camera drivers
+if TYPE_CHECKING:
+    from drivers.testkit import DriverConformance, RecordingContext
+
+__all__ = [
+    "API_VERSION",
+    "DEVICE_ID_PATTERN",
+    "Clock",
+    "ConfigFileError",
+    "Detection",
+    "Driver",
+    "DriverConfig",
+    "DriverConformance",
+    "DriverContext",
+    "DriverError",
+    "Duration",
+    "Event",
+    "FoundObject",
+    "ProfileLoader",
+    "ProfileRef",
+    "Quality",
+    "Reading",
+    "RecordingContext",
+    "Severity",
+    "SourceError",
+    "SystemClock",
+    "Value",
+    "WriteError",
+    "backoff",
+    "compatible",
+    "load_model",
+    "new_id",
+    "raise_if_cancelling",
+]
+
+API_VERSION = "2.0"  # 2.0: drivers.api is the whole SDK; infer() returns FoundObject
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -47,6 +94,23 @@ class DriverConfig(BaseModel):
     )
     name: str | None = Field(default=None, description="Human-readable name of the device.")
     enabled: bool = Field(default=True, description="Set to false to keep but not run it.")
+
+    def load_files(self) -> None:
+        """Read and check the files this device's config names (a profile, a certificate).
+
+        Called once for every device after the whole node config has validated (the
+        validation itself reads no files); raise `ConfigFileError` naming the field, and
+        the node reports it with that field's file and line. The default reads nothing.
+        """
+
+
+class ConfigFileError(ValueError):
+    """A file named by a config field cannot be used; `field` is the field's name."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
 
 
 class DriverError(Exception):
@@ -116,16 +180,16 @@ class DriverContext(Protocol):
         """
         ...
 
-    async def infer(self, model: str, image: Any) -> list[Any]:
-        """(API 1.1) Run the node's model `model` on a BGR image, off the event loop.
+    async def infer(self, model: str, image: Any) -> list[FoundObject]:
+        """Run the node's model `model` on a BGR image, off the event loop.
 
-        Returns found objects (``label``, ``score``, ``box`` in image pixels); raises
+        Returns the objects found (``label``, ``score``, ``box`` in image pixels); raises
         LookupError when the model is not loaded, with the reason.
         """
         ...
 
     async def publish_detection(self, detection: Detection, snapshot: bytes | None = None) -> None:
-        """(API 1.1) Hand a detection to the node, with the JPEG of its frame if any."""
+        """Hand a detection to the node, with the JPEG of its frame if any."""
         ...
 
 
@@ -158,9 +222,13 @@ class Driver(abc.ABC):
 
 def compatible(driver_api: str, host_api: str = API_VERSION) -> bool:
     """Whether a driver written for `driver_api` can run on a host offering `host_api`."""
-    try:
-        d_major, d_minor = (int(p) for p in driver_api.split("."))
-        h_major, h_minor = (int(p) for p in host_api.split("."))
-    except ValueError:
-        return False
-    return d_major == h_major and d_minor <= h_minor
+    return versions_compatible(driver_api, host_api)
+
+
+def __getattr__(name: str) -> Any:
+    # the conformance kit needs pytest, which a node does not install
+    if name in ("DriverConformance", "RecordingContext"):
+        from drivers import testkit  # noqa: PLC0415
+
+        return getattr(testkit, name)
+    raise AttributeError(f"module 'drivers.api' has no attribute {name!r}")

@@ -10,8 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.config import Duration
-from gateway.records import Quality, Value
+from drivers.api import Duration, Quality, Value
 
 
 class ReportConfig(BaseModel):

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from gateway.geo import move
+from gateway.kernel.geo import move
 
 CAMERA_HEIGHT = 1.6
 NEAR, FAR = 3.0, 28.0

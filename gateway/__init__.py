@@ -1,7 +1,7 @@
 """cityneuron gateway: the daemon of a city neuron node.
 
 Public names are re-exported here and imported on first use, so that importing one
-module (for example ``gateway.clock`` from a driver) does not load the whole daemon.
+module (for example ``gateway.kernel.clock`` from a driver) does not load the whole daemon.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ _EXPORTS = {
     "Bus": "gateway.bus",
     "DropPolicy": "gateway.bus",
     "Subscription": "gateway.bus",
-    "Clock": "gateway.clock",
-    "SystemClock": "gateway.clock",
+    "Clock": "gateway.kernel.clock",
+    "SystemClock": "gateway.kernel.clock",
     "ConfigError": "gateway.config",
     "NodeConfig": "gateway.config",
     "load_config": "gateway.config",
     "Gateway": "gateway.app",
-    "Detection": "gateway.records",
-    "Event": "gateway.records",
-    "Quality": "gateway.records",
-    "Reading": "gateway.records",
-    "Record": "gateway.records",
-    "Severity": "gateway.records",
-    "new_id": "gateway.records",
+    "Detection": "gateway.kernel.records",
+    "Event": "gateway.kernel.records",
+    "Quality": "gateway.kernel.records",
+    "Reading": "gateway.kernel.records",
+    "Record": "gateway.kernel.records",
+    "Severity": "gateway.kernel.records",
+    "new_id": "gateway.kernel.records",
 }
 
 __all__ = [
@@ -53,9 +53,9 @@ __all__ = [
 if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.bus import Bus, DropPolicy, Subscription
-    from gateway.clock import Clock, SystemClock
     from gateway.config import ConfigError, NodeConfig, load_config
-    from gateway.records import Detection, Event, Quality, Reading, Record, Severity, new_id
+    from gateway.kernel.clock import Clock, SystemClock
+    from gateway.kernel.records import Detection, Event, Quality, Reading, Record, Severity, new_id
 
 
 def __getattr__(name: str) -> Any:

@@ -3,33 +3,60 @@
 One root `asyncio.TaskGroup` owns one supervised task per component. Components start in
 dependency order (storage, uplink, consumers, then the drivers that feed them), each
 waiting for the previous one to report ready, and stop in reverse order so that what the
-drivers produced last is still stored and forwarded. SIGTERM and SIGINT request that
-orderly stop; every component gets a bounded time to finish.
+drivers produced last is still stored and forwarded: all drivers at once, then the rest
+one by one. SIGTERM and SIGINT request that orderly stop; every component gets a bounded
+time to finish.
+
+Only the core (the outbox, the uplink, the rules) can end the node: a core component
+that keeps failing gives up and the process exits non-zero for systemd to restart it.
+Every other component, every driver above all, is restarted with backoff for as long
+as the node runs; its failure is reported (/readyz, the status message, the device's
+offline event), and the others carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gateway
+from prometheus_client.core import Metric
+
+if TYPE_CHECKING:
+    from gateway.discovery import Announcement
+
 from drivers.api import WriteError
+from drivers.sharing import SharedResources
+from gateway import __version__
 from gateway.bus import Bus
-from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandError, CommandRouter
 from gateway.config import NodeConfig
-from gateway.devices import DeviceContext, DriverComponent, SharedResources
+from gateway.devices import DeviceContext, DriverComponent
 from gateway.health import HealthServer
 from gateway.inspection import DefectStore, InspectionService, InspectionSettings
+from gateway.kernel.clock import Clock, SystemClock
 from gateway.location import LocationService
+from gateway.metrics import (
+    MetricSource,
+    bus_metrics,
+    driver_metrics,
+    inspection_metrics,
+    model_metrics,
+    node_metrics,
+    outbox_metrics,
+    rule_metrics,
+    uplink_metrics,
+)
+from gateway.nodestate import NodeState
 from gateway.outbox import Outbox, Priority
 from gateway.plugins import DriverRegistry, load_drivers
+from gateway.rules_host import RuleCommands, RuleHost
 from gateway.snapshots import SnapshotStore
 from gateway.supervisor import Component, RestartPolicy, Supervisor
 from gateway.systemd import SystemdNotifier
@@ -37,6 +64,11 @@ from gateway.uplink import Uplink
 from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
 from rules.store import RuleStore
+
+CORE = frozenset({"outbox", "uplink", "rules"})  # the components whose failure ends the node
+
+# everything else is restarted for as long as the node runs, at most a minute apart
+RESTART_FOREVER = RestartPolicy(give_up=False)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +83,7 @@ class Gateway:
         registry: DriverRegistry | None = None,
         clock: Clock | None = None,
         restart_policy: RestartPolicy | None = None,
+        driver_policy: RestartPolicy | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
         extra_components: Sequence[Component] = (),
@@ -61,6 +94,8 @@ class Gateway:
         self.shared = SharedResources()
         self.registry = registry or load_drivers()
         self.restart_policy = restart_policy or RestartPolicy()
+        self.driver_policy = driver_policy or RESTART_FOREVER
+        self.state = NodeState(config.node.id)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.commands = CommandRouter(
@@ -69,26 +104,35 @@ class Gateway:
         self.drivers: dict[str, DriverComponent] = {}
         self.http: HealthServer | None = None
         self.rules: RuleEngine | None = None
-        self._metric_sources: list[Callable[[], Iterable[Any]]] = []
+        self._metric_sources: list[MetricSource] = []
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.started_at = time.monotonic()
         self.components: list[Component] = [*self._build(), *extra_components]
         self.commands.register("ping", self._cmd_ping)
         self.commands.register("write", self._cmd_write)
-        self.supervisors: list[Supervisor] = []
-        self.ready = asyncio.Event()
-        self._stop = asyncio.Event()
+
+    @property
+    def supervisors(self) -> list[Supervisor]:
+        return self.state.supervisors
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once every component has started."""
+        return self.state.ready
 
     def _build(self) -> list[Component]:
         """Components in start order: storage, uplink, then the drivers feeding them."""
         cfg = self.config
         components: list[Component] = []
-        self.systemd = SystemdNotifier(self)
+        self.systemd = SystemdNotifier(self.state)
         if self.systemd.enabled:
             components.append(self.systemd)
+        self.add_metrics(functools.partial(node_metrics, cfg.node.id, __version__, self.state))
+        self.add_metrics(functools.partial(driver_metrics, self.drivers))
+        self.add_metrics(functools.partial(bus_metrics, self.bus))
         if cfg.http.enabled:
-            self.http = HealthServer(self, cfg.http.host, cfg.http.port)
+            self.http = HealthServer(self.state, [self.extra_metrics], cfg.http.host, cfg.http.port)
             components.append(self.http)
         ttl = cfg.outbox.ttl
         self.outbox = Outbox(
@@ -116,6 +160,7 @@ class Gateway:
         self.snapshots = SnapshotStore()
         self.outbox.snapshots = self.snapshots
         components.append(self.outbox)
+        self.add_metrics(functools.partial(outbox_metrics, self.outbox))
         if cfg.mqtt is not None:
             self.uplink = Uplink(
                 cfg.mqtt,
@@ -123,8 +168,10 @@ class Gateway:
                 groups=cfg.node.groups,
                 outbox=self.outbox,
                 commands=self.commands,
+                state=self.state,
             )
             components.append(self.uplink)
+            self.add_metrics(functools.partial(uplink_metrics, self.uplink))
         if loc.source is not None:
             components.append(self.location)
         components.append(self._build_rules())
@@ -139,6 +186,7 @@ class Gateway:
                 cfg.models.packages, threads=cfg.models.threads, watchdog=cfg.models.watchdog
             )
             components.append(self.models)
+            self.add_metrics(functools.partial(model_metrics, self.models))
             self.commands.register("models.status", self._cmd_models_status)
             self.commands.register("models.swap", self._cmd_models_swap)
         for device in self.config.devices:
@@ -156,7 +204,7 @@ class Gateway:
                 models=self.models,
                 snapshots=self.snapshots,
             )
-            component = DriverComponent(driver_cls(device), ctx)
+            component = DriverComponent(driver_cls(device), ctx, stop_timeout=self.stop_timeout)
             self.drivers[device.id] = component
             components.append(component)
         if cfg.discovery.enabled:
@@ -164,22 +212,38 @@ class Gateway:
 
             # last: announcing takes ~1.5 s of multicast probing, which must not delay the
             # first readings, and a node is announced once it serves what it announces
-            components.append(Advertiser(self, cfg.discovery.interfaces))
+            components.append(Advertiser(self._announcement(), cfg.discovery.interfaces))
         return components
 
-    def _build_rules(self) -> RuleEngine:
+    def _announcement(self) -> Announcement:
+        from gateway.discovery import Announcement  # noqa: PLC0415 - zeroconf only if used
+
+        cfg = self.config
+        caps = ["rules"]
+        if cfg.mqtt is not None:
+            caps.append("uplink")
+        if cfg.location.source or cfg.location.fixed:
+            caps.append("location")
+        if cfg.http.enabled:
+            caps.append("metrics")
+        return Announcement(
+            node=cfg.node.id,
+            name=cfg.node.name or "",
+            version=__version__,
+            port=cfg.http.port if cfg.http.enabled else 0,
+            drivers=tuple(d.type for d in cfg.devices),
+            caps=tuple(caps),
+        )
+
+    def _build_rules(self) -> RuleHost:
         cfg = self.config.rules
         trusted = {}
         if cfg.trusted_keys:
             from rules.signing import load_public  # noqa: PLC0415 - cryptography only if used
 
             trusted = {k.id: load_public(k.public_key) for k in cfg.trusted_keys}
-        self.rules = RuleEngine(
-            self.bus,
-            node=self.config.node.id,
-            locate=self.location.snapshot,
-            writer=self.write,
-        )
+        self.rules = RuleEngine(node=self.config.node.id, locate=self.location.snapshot)
+        self.add_metrics(functools.partial(rule_metrics, self.rules))
         self.deployer = RuleDeployer(
             self.rules,
             RuleStore(self.config.node.data_dir / "rules"),
@@ -187,11 +251,11 @@ class Gateway:
             require_signature=cfg.require_signature,
             max_bytes=int(cfg.max_bundle_bytes),
         )
-        self.deployer.register(self.commands)
+        RuleCommands(self.deployer).register(self.commands)
         self.deployer.load_stored()
         if self.rules.compiled is None and cfg.file is not None:
             self.deployer.load_local(cfg.file)
-        return self.rules
+        return RuleHost(self.rules, self.bus, writer=self.write)
 
     def _build_inspection(self) -> InspectionService:
         ins = self.config.inspection
@@ -214,6 +278,7 @@ class Gateway:
             clock=self.clock.monotonic,
         )
         self.commands.register("inspection.status", self._cmd_inspection_status)
+        self.add_metrics(functools.partial(inspection_metrics, self.inspection))
         return self.inspection
 
     async def _cmd_inspection_status(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -239,11 +304,11 @@ class Gateway:
             raise CommandError("model_refused", str(exc)) from None
         return {"name": name, "model": model.spec.name, "version": model.spec.version}
 
-    def add_metrics(self, source: Callable[[], Iterable[Any]]) -> None:
-        """Register extra Prometheus metric families (e.g. from the inference runtime)."""
+    def add_metrics(self, source: MetricSource) -> None:
+        """Register a source of Prometheus metric families, read at every scrape."""
         self._metric_sources.append(source)
 
-    def extra_metrics(self) -> Iterator[Any]:
+    def extra_metrics(self) -> Iterator[Metric]:
         for source in self._metric_sources:
             yield from source()
 
@@ -257,7 +322,7 @@ class Gateway:
     async def _cmd_ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
             "pong": True,
-            "version": gateway.__version__,
+            "version": __version__,
             "uptime": round(time.monotonic() - self.started_at, 3),
             "echo": args.get("echo"),
         }
@@ -279,13 +344,22 @@ class Gateway:
     @property
     def stopping(self) -> asyncio.Event:
         """Set once a stop has been requested."""
-        return self._stop
+        return self.state.stopping
 
     def request_stop(self) -> None:
         """Begin an orderly shutdown (safe to call more than once)."""
-        if not self._stop.is_set():
+        if not self.stopping.is_set():
             logger.info("stopping node %s", self.config.node.id)
-            self._stop.set()
+            self.stopping.set()
+
+    def _supervisor(self, component: Component) -> Supervisor:
+        if isinstance(component, DriverComponent):
+            return Supervisor(
+                component, self.driver_policy, clock=self.clock, core=False, recover_on_ready=False
+            )
+        core = component.name in CORE
+        policy = self.restart_policy if core else RESTART_FOREVER
+        return Supervisor(component, policy, clock=self.clock, core=core)
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Run until `request_stop()` (or SIGTERM/SIGINT); raise if a component gives up."""
@@ -299,21 +373,28 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 tasks: list[asyncio.Task[None]] = []
                 for component in self.components:
-                    sup = Supervisor(component, self.restart_policy, clock=self.clock)
-                    self.supervisors.append(sup)
+                    sup = self._supervisor(component)
+                    self.state.add(sup)
                     tasks.append(tg.create_task(sup.run(), name=component.name))
                     await self._wait_started(sup, tasks[-1])
-                    if self._stop.is_set():
+                    if self.stopping.is_set():
                         break
-                if not self._stop.is_set():
+                if not self.stopping.is_set():
                     self.ready.set()
                     logger.info(
                         "node %s running with %d component(s)",
                         self.config.node.id,
                         len(self.components),
                     )
-                await self._stop.wait()
-                for sup, task in reversed(list(zip(self.supervisors, tasks, strict=True))):
+                await self.stopping.wait()
+                started = list(zip(self.supervisors, tasks, strict=True))
+                # the drivers together (each is bounded by its stop timeout), then the
+                # consumers and the storage, newest first
+                drivers = [(s, t) for s, t in started if isinstance(s.component, DriverComponent)]
+                async with asyncio.TaskGroup() as stops:
+                    for sup, task in drivers:
+                        stops.create_task(self._stop_one(sup, task), name=f"stop[{sup.name}]")
+                for sup, task in reversed(started):
                     await self._stop_one(sup, task)
         finally:
             self.ready.clear()
@@ -326,7 +407,7 @@ class Gateway:
         async with asyncio.TaskGroup() as waits:
             waiters = (
                 waits.create_task(sup.started.wait(), name=f"gateway.await-ready[{sup.name}]"),
-                waits.create_task(self._stop.wait(), name="gateway.await-stop"),
+                waits.create_task(self.stopping.wait(), name="gateway.await-stop"),
             )
             done, _ = await asyncio.wait(
                 (*waiters, task), timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED

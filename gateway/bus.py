@@ -24,7 +24,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
-from gateway.records import Record
+from gateway.kernel.records import Record
 
 logger = logging.getLogger(__name__)
 

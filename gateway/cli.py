@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import gateway
 from gateway.config import ConfigError, NodeConfig, load_config
@@ -58,19 +58,29 @@ def cmd_version(_args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(_args: argparse.Namespace) -> int:
-    from gateway.plugins import DECODER_GROUP, load_decoders, load_drivers  # noqa: PLC0415
+    from gateway.kernel.plugins import PluginFailure  # noqa: PLC0415
+    from gateway.plugins import load_drivers  # noqa: PLC0415
+    from models.plugins import DECODER_GROUP  # noqa: PLC0415
 
     registry = load_drivers()
     print("drivers:")
     for type_name, driver in sorted(registry.drivers.items()):
         print(f"  {type_name:<14} {registry.origins[type_name]:<40} API {driver.api_version}")
-    decoders, decoder_failures = load_decoders()
+    failures: list[PluginFailure] = list(registry.failures)
     print(f"model decoders ({DECODER_GROUP}):")
-    if not decoders:
-        print("  (none installed)")
-    for name, origin in sorted(decoders.items()):
-        print(f"  {name:<14} {origin}")
-    failures = [*registry.failures, *decoder_failures]
+    try:
+        from models.plugins import load_decoders  # noqa: PLC0415
+
+        decoders = load_decoders()
+    except ImportError as exc:
+        print(f"  (unavailable: {exc.name or exc} is not installed; install cityneuron[vision])")
+    else:
+        plugins = {n: o for n, o in decoders.origins.items() if o != "built-in"}
+        if not plugins:
+            print("  (none installed)")
+        for name, origin in sorted(plugins.items()):
+            print(f"  {name:<14} {origin}")
+        failures += decoders.failures
     if failures:
         print("failed (skipped):")
         for f in failures:
@@ -203,12 +213,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo  # noqa: PLC0415
-
-    return run_demo(duration=args.duration, workdir=Path(args.workdir) if args.workdir else None)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cityneuron", description="Runtime of a city neuron node."
@@ -225,13 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a node config and report every problem")
     p.add_argument("file", help="node config (YAML)")
     p.set_defaults(func=cmd_check_config)
-
-    p = sub.add_parser(
-        "demo", help="run a simulated node with a local broker and show what it sends"
-    )
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--workdir", help="directory for the demo's state (a temporary one if unset)")
-    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("doctor", help="check a box: config, ports, broker, TLS, clock, disk")
     p.add_argument("--config", "-c", default="/etc/cityneuron/node.yaml", help="node config")
@@ -263,7 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_rules import add_parsers  # noqa: PLC0415
 
     add_parsers(sub)
+    _add_plugin_commands(sub)
     return parser
+
+
+COMMAND_GROUP = "cityneuron.commands"
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands other packages add (``cityneuron demo`` comes with the simulators):
+    each entry point of `COMMAND_GROUP` is a function given the subparsers."""
+    from gateway.kernel.plugins import PluginFailure, load_group  # noqa: PLC0415
+
+    for item in load_group(COMMAND_GROUP):
+        if isinstance(item, PluginFailure) or not callable(item.obj):
+            logger.warning("command plugin %s skipped: %s", item.name, getattr(item, "reason", ""))
+            continue
+        item.obj(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

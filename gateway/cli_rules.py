@@ -44,14 +44,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from gateway.records import Detection, Reading  # noqa: PLC0415
+    from gateway.kernel.records import Detection, Reading  # noqa: PLC0415
     from rules.engine import RuleEngine  # noqa: PLC0415
 
     compiled = _compiled(args.file)
     if compiled is None:
         return EXIT_USAGE
     clock = [0.0]
-    engine = RuleEngine(_NullBus(), node="test", monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    engine = RuleEngine(node="test", monotonic=lambda: clock[0])
     engine.swap(compiled)
     stream = _recorded(args.stream) if args.stream else _simulated(args.simulate)
     fired = 0
@@ -77,16 +77,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     return EXIT_OK if stats.errors == 0 else EXIT_FAILED
 
 
-class _NullBus:
-    """The engine under `rules test` publishes nothing: events are printed instead."""
-
-    def subscribe(self, *_a: Any, **_k: Any) -> None:  # pragma: no cover - never run
-        raise RuntimeError("not running")
-
-
 def _recorded(path: str) -> list[tuple[float, Any]]:
     """JSON lines: {"t": s, "device", "point", "value"} or {"t": s, "detection": {...}}."""
-    from gateway.records import Detection, Reading  # noqa: PLC0415
+    from gateway.kernel.records import Detection, Reading  # noqa: PLC0415
 
     out: list[tuple[float, Any]] = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -112,18 +105,19 @@ def _recorded(path: str) -> list[tuple[float, Any]]:
     return sorted(out, key=lambda x: x[0])
 
 
-def _simulated(seconds: float) -> list[tuple[float, Any]]:
-    """The demo's simulated devices, read once a second for `seconds`."""
-    from gateway.demo import DEVICES  # noqa: PLC0415
-    from gateway.records import Reading  # noqa: PLC0415
+SIMULATION_GROUP = "cityneuron.simulations"
 
-    out: list[tuple[float, Any]] = []
-    for step in range(int(seconds) + 1):
-        t = float(step)
-        for device, _profile, _unit, sensor in DEVICES:
-            for point, value in sensor(t).items():
-                out.append((t, Reading(device=device, point=point, value=value)))
-    return out
+
+def _simulated(seconds: float) -> list[tuple[float, Any]]:
+    """The demo's simulated devices, read once a second for `seconds` (the ``city``
+    simulation of the simulators' package, found by entry point)."""
+    from gateway.kernel.plugins import Plugin, load_group  # noqa: PLC0415
+
+    for item in load_group(SIMULATION_GROUP):
+        if item.name == "city" and isinstance(item, Plugin) and callable(item.obj):
+            stream: list[tuple[float, Any]] = item.obj(seconds)
+            return stream
+    raise SystemExit("error: --simulate needs the simulators (firmware_sim), not installed here")
 
 
 def cmd_sign(args: argparse.Namespace) -> int:

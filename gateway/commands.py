@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.records import new_id
+from gateway.kernel.records import new_id
 
 logger = logging.getLogger(__name__)
 

@@ -7,53 +7,28 @@ driver config is validated exactly like a built-in one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ByteSize,
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
-    ValidationInfo,
     create_model,
-    field_validator,
     model_validator,
 )
 
-from drivers.api import DEVICE_ID_PATTERN, DriverConfig
-from gateway.yamlsource import Source, SourceError, load_file
+from drivers.api import DEVICE_ID_PATTERN, ConfigFileError, DriverConfig
+from gateway.kernel.config_paths import CONFIG_DIR, ConfigPath
+from gateway.kernel.durations import Duration
+from gateway.kernel.yamlsource import Source, SourceError, load_file
 
 NODE_ID_PATTERN = DEVICE_ID_PATTERN
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: object) -> object:
-    """'500ms', '30s', '10m', '2h', '7d' or a number of seconds -> seconds (float)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"{value!r} is not a duration (e.g. 500ms, 30s, 10m, 2h, 7d)")
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-DURATION_TEXT = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
-
-Duration = Annotated[
-    float,
-    BeforeValidator(
-        parse_duration,
-        json_schema_input_type=float | Annotated[str, Field(pattern=DURATION_TEXT)],
-    ),
-]
 
 
 class Section(BaseModel):
@@ -224,7 +199,7 @@ class DiscoverySection(Section):
 
 
 class ModelsSection(Section):
-    packages: dict[str, Path] = Field(
+    packages: dict[str, ConfigPath] = Field(
         default_factory=dict,
         description="Model packages by name: a folder with model.onnx and model.yaml.",
     )
@@ -232,15 +207,6 @@ class ModelsSection(Section):
     watchdog: Duration = Field(
         default=10.0, gt=0, description="An inference taking longer is reported as hung."
     )
-
-    @field_validator("packages")
-    @classmethod
-    def _relative(cls, value: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
-        base = (info.context or {}).get("config_dir")
-        return {
-            name: (Path(base) / p if base and not p.is_absolute() else p)
-            for name, p in value.items()
-        }
 
 
 class InspectionSeverity(Section):
@@ -304,19 +270,9 @@ class TrustedKey(Section):
     id: str = Field(min_length=1, max_length=64, description="Key id named by deployments.")
     public_key: str = Field(description="Ed25519 public key: base64 of 32 bytes, or PEM.")
 
-    @model_validator(mode="after")
-    def _loads(self) -> TrustedKey:
-        from rules.signing import load_public  # noqa: PLC0415 - only with keys configured
-
-        try:
-            load_public(self.public_key)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"key {self.id}: {exc}") from None
-        return self
-
 
 class RulesSection(Section):
-    file: Path | None = Field(
+    file: ConfigPath | None = Field(
         default=None,
         description="A local rule bundle, run while no bundle has been deployed remotely.",
     )
@@ -330,26 +286,6 @@ class RulesSection(Section):
     max_bundle_bytes: ByteSize = Field(
         default=ByteSize(256 * 1024), ge=1024, description="Largest bundle accepted."
     )
-
-    @field_validator("file")
-    @classmethod
-    def _bundle_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        """Relative to the config file; the bundle must be valid (checked here, at load)."""
-        if value is None:
-            return None
-        base = (info.context or {}).get("config_dir")
-        if not value.is_absolute() and base:
-            value = Path(base) / value
-        from rules.bundle import BundleError, parse_bundle  # noqa: PLC0415
-        from rules.compiler import compile_bundle  # noqa: PLC0415
-
-        try:
-            compile_bundle(parse_bundle(value.read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise ValueError(f"cannot read rule bundle {value}: {exc.strerror}") from None
-        except BundleError as exc:
-            raise ValueError(f"rule bundle {value}: {exc}") from None
-        return value
 
 
 class NodeConfig(Section):
@@ -520,7 +456,7 @@ def validate_source(source: Source, model: type[NodeConfig]) -> NodeConfig:
             ]
         )
     try:
-        return model.model_validate(data, context={"config_dir": str(Path(source.file).parent)})
+        return model.model_validate(data, context={CONFIG_DIR: str(Path(source.file).parent)})
     except ValidationError as exc:
         tags = _driver_tags(model)
         issues = []
@@ -536,7 +472,46 @@ def validate_source(source: Source, model: type[NodeConfig]) -> NodeConfig:
                     message=_message(err, tags),
                 )
             )
+        issues += _load_what_validated(source, model, exc)
         raise ConfigError(issues) from None
+
+
+def _load_what_validated(
+    source: Source, model: type[NodeConfig], exc: ValidationError
+) -> list[ConfigIssue]:
+    """The file problems of the devices that did validate, so that one run of
+    check-config reports every problem even when another part of the file is wrong."""
+    failed = {err["loc"][1] for err in exc.errors() if err["loc"][:1] == ("devices",)}
+    if failed and not all(isinstance(i, int) for i in failed):
+        return []  # devices itself is malformed
+    raw = source.data.get("devices") if isinstance(source.data, dict) else None
+    if not isinstance(raw, list):
+        return []
+    device_type = get_args(model.model_fields["devices"].annotation)[0]
+    adapter: TypeAdapter[DriverConfig] = TypeAdapter(device_type)
+    context = {CONFIG_DIR: str(Path(source.file).parent)}
+    issues: list[ConfigIssue] = []
+    for i, entry in enumerate(raw):
+        if i in failed:
+            continue
+        try:
+            adapter.validate_python(entry, context=context).load_files()
+        except ValidationError:
+            continue
+        except ConfigFileError as err:
+            issues.append(_issue(source, ("devices", i, err.field), err.message))
+    return issues
+
+
+def _issue(source: Source, loc: tuple[str | int, ...], message: str) -> ConfigIssue:
+    pos = source.locate(loc)
+    return ConfigIssue(
+        file=source.file,
+        line=pos[0] if pos else None,
+        column=pos[1] if pos else None,
+        where=_where(loc),
+        message=message,
+    )
 
 
 def _strip_tags(source: Source, loc: Sequence[str | int]) -> list[str | int]:
@@ -591,4 +566,43 @@ def load_config(
                 )
             ]
         ) from None
-    return validate_source(source, config_model(driver_configs))
+    config = validate_source(source, config_model(driver_configs))
+    load_files(config, source)
+    return config
+
+
+def load_files(config: NodeConfig, source: Source) -> None:
+    """Read and check what the validated config names on disk or in text (rule bundle,
+    trusted keys, every device's profile); each problem becomes an issue at the line of
+    the key that names it. The one place where loading a config does I/O."""
+    issues: list[ConfigIssue] = []
+
+    def issue(loc: tuple[str | int, ...], message: str) -> None:
+        issues.append(_issue(source, loc, message))
+
+    rules = config.rules
+    if rules.trusted_keys:
+        from rules.signing import load_public  # noqa: PLC0415 - cryptography, with keys only
+
+        for i, key in enumerate(rules.trusted_keys):
+            try:
+                load_public(key.public_key)
+            except (ValueError, TypeError) as exc:
+                issue(("rules", "trusted_keys", i, "public_key"), f"key {key.id}: {exc}")
+    if rules.file is not None:
+        from rules.bundle import BundleError, parse_bundle  # noqa: PLC0415
+        from rules.compiler import compile_bundle  # noqa: PLC0415
+
+        try:
+            compile_bundle(parse_bundle(rules.file.read_text(encoding="utf-8")))
+        except OSError as exc:
+            issue(("rules", "file"), f"cannot read rule bundle {rules.file}: {exc.strerror}")
+        except BundleError as exc:
+            issue(("rules", "file"), f"rule bundle {rules.file}: {exc}")
+    for i, device in enumerate(config.devices):
+        try:
+            device.load_files()
+        except ConfigFileError as exc:
+            issue(("devices", i, exc.field), exc.message)
+    if issues:
+        raise ConfigError(issues)

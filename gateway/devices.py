@@ -2,62 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from drivers.api import Driver, DriverContext
+from drivers.sharing import SharedResources
 from gateway.bus import Bus
-from gateway.clock import Clock
-from gateway.records import Detection, Event, Quality, Reading, Severity, Value, stamp
+from gateway.kernel.clock import Clock
+from gateway.kernel.component import Ready
+from gateway.kernel.inference import FoundObject, Inference
+from gateway.kernel.records import Detection, Event, Quality, Reading, Severity, Value, stamp
 from gateway.snapshots import SnapshotStore
-from gateway.supervisor import Ready
+from gateway.supervisor import run_abandonable
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass
-class _Shared:
-    resource: Any
-    users: int
-
-
-class SharedResources:
-    """Resources several drivers use at once (one serial line, many slaves), refcounted."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, _Shared] = {}
-        self._lock = asyncio.Lock()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
-    @contextlib.asynccontextmanager
-    async def use(self, key: str, factory: Callable[[], Awaitable[T]]) -> AsyncIterator[T]:
-        async with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                item = _Shared(await factory(), 0)
-                self._items[key] = item
-            item.users += 1
-        try:
-            yield cast(T, item.resource)
-        finally:
-            item.users -= 1
-            if item.users == 0 and self._items.get(key) is item:
-                del self._items[key]
-                close = getattr(item.resource, "aclose", None)
-                if close is not None:
-                    result = close()
-                    if inspect.isawaitable(result):
-                        await result
 
 
 class DeviceContext(DriverContext):
@@ -72,7 +35,7 @@ class DeviceContext(DriverContext):
         clock: Clock,
         shared: SharedResources,
         driver_type: str,
-        models: Any = None,
+        models: Inference | None = None,
         snapshots: SnapshotStore | None = None,
     ) -> None:
         self._node_id = node_id
@@ -83,6 +46,7 @@ class DeviceContext(DriverContext):
         self._logger = logging.getLogger(f"drivers.{driver_type}.{device_id}")
         self.online: bool | None = None
         self.reason = ""
+        self.failed = False  # offline because the driver itself failed
         self.published = 0
         self.detections = 0
         self._models = models
@@ -124,10 +88,13 @@ class DeviceContext(DriverContext):
         )
 
     async def publish(self, reading: Reading) -> None:
+        if self.failed:
+            self.set_online(True)  # a restarted driver that reads again has recovered
         self.published += 1
         await self._bus.publish(stamp(reading, self._node_id))
 
     def set_online(self, online: bool, reason: str = "") -> None:
+        self.failed = False
         if online == self.online:
             return
         first = self.online is None
@@ -155,11 +122,10 @@ class DeviceContext(DriverContext):
     ) -> contextlib.AbstractAsyncContextManager[T]:
         return self._shared.use(key, factory)
 
-    async def infer(self, model: str, image: Any) -> list[Any]:
+    async def infer(self, model: str, image: Any) -> list[FoundObject]:
         if self._models is None:
             raise LookupError(f"model {model!r}: this node has no models configured")
-        found: list[Any] = await self._models.infer(model, image)
-        return found
+        return await self._models.infer(model, image)
 
     async def publish_detection(self, detection: Detection, snapshot: bytes | None = None) -> None:
         if snapshot is not None and self._snapshots is not None and detection.frame_id:
@@ -167,13 +133,26 @@ class DeviceContext(DriverContext):
         self.detections += 1
         await self._bus.publish(stamp(detection, self._node_id))
 
+    def driver_failed(self, reason: str) -> None:
+        """The driver raised: its device is offline (reported once) until it reads again."""
+        if self.online is not False:
+            self.set_online(False, reason)
+        self.failed = True
+
 
 class DriverComponent:
-    """A device's driver as a supervised gateway component."""
+    """A device's driver as a supervised component of the node.
 
-    def __init__(self, driver: Driver, ctx: DeviceContext) -> None:
+    A driver that raises is restarted with backoff for as long as the node runs (the
+    supervisor's policy for drivers); its device is reported offline once, with the
+    error, and online once when the restarted driver reads again. One that ignores its
+    cancellation is abandoned after `stop_timeout` so that the node still stops.
+    """
+
+    def __init__(self, driver: Driver, ctx: DeviceContext, *, stop_timeout: float = 5.0) -> None:
         self.driver = driver
         self.ctx = ctx
+        self.stop_timeout = stop_timeout
 
     @property
     def name(self) -> str:
@@ -181,4 +160,12 @@ class DriverComponent:
 
     async def run(self, ready: Ready) -> None:
         ready()
-        await self.driver.run(self.ctx)
+        try:
+            await run_abandonable(
+                self.driver.run(self.ctx), name=f"{self.name}.run", stop_timeout=self.stop_timeout
+            )
+        except Exception as exc:
+            self.ctx.driver_failed(f"driver failed: {type(exc).__name__}: {exc}"[:300])
+            raise
+        # run() is meant to last until cancelled; one that ends has nothing more to read
+        self.ctx.logger.warning("driver of %s finished on its own", self.driver.device_id)

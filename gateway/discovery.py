@@ -12,16 +12,12 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-import gateway
-from gateway.supervisor import Ready
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.kernel.component import Ready
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +34,26 @@ def _addresses(interfaces: Sequence[str] | None) -> list[bytes]:
     return [socket.inet_aton(host_ip)]
 
 
-def service_properties(gw: Gateway) -> dict[str, str]:
-    """The TXT records of a node: identity and capabilities only."""
-    cfg = gw.config
-    caps = ["rules"]
-    if cfg.mqtt is not None:
-        caps.append("uplink")
-    if cfg.location.source or cfg.location.fixed:
-        caps.append("location")
-    if cfg.http.enabled:
-        caps.append("metrics")
-    return {
-        "node": cfg.node.id,
-        "name": (cfg.node.name or "")[:100],
-        "version": gateway.__version__,
-        "drivers": ",".join(sorted({d.type for d in cfg.devices})),
-        "caps": ",".join(caps),
-    }
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What a node tells the LAN about itself: identity and capabilities, never secrets."""
+
+    node: str
+    name: str
+    version: str
+    port: int  # of the health and metrics endpoint, 0 without one
+    drivers: tuple[str, ...] = ()
+    caps: tuple[str, ...] = ()
+
+    def properties(self) -> dict[str, str]:
+        """The TXT records."""
+        return {
+            "node": self.node,
+            "name": self.name[:100],
+            "version": self.version,
+            "drivers": ",".join(sorted(set(self.drivers))),
+            "caps": ",".join(self.caps),
+        }
 
 
 class Advertiser:
@@ -62,21 +61,20 @@ class Advertiser:
 
     name = "discovery"
 
-    def __init__(self, gw: Gateway, interfaces: Sequence[str] | None = None) -> None:
-        self.gw = gw
+    def __init__(self, announcement: Announcement, interfaces: Sequence[str] | None = None) -> None:
+        self.announcement = announcement
         self.interfaces = list(interfaces) if interfaces else None
         self.info: AsyncServiceInfo | None = None
 
     async def run(self, ready: Ready) -> None:
-        cfg = self.gw.config
-        port = cfg.http.port if cfg.http.enabled else 0
+        a = self.announcement
         self.info = AsyncServiceInfo(
             SERVICE,
-            f"{cfg.node.id}.{SERVICE}",
-            port=port,
-            properties=service_properties(self.gw),
+            f"{a.node}.{SERVICE}",
+            port=a.port,
+            properties=a.properties(),
             addresses=_addresses(self.interfaces),
-            server=f"{cfg.node.id}.local.",
+            server=f"{a.node}.local.",
         )
         azc = AsyncZeroconf(
             interfaces=self.interfaces or _all_interfaces(), ip_version=IPVersion.V4Only

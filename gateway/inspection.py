@@ -40,15 +40,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.bus import Bus, DropPolicy
-from gateway.geo import distance_m, move
-from gateway.records import Detection, Event, Severity, new_id
+from gateway.kernel.component import Ready
+from gateway.kernel.geo import distance_m, move
+from gateway.kernel.records import Detection, Event, Severity, iso_time, new_id
 from gateway.snapshots import SnapshotStore
-from gateway.supervisor import Ready
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +175,6 @@ class DefectStore:
                 )
         finally:
             db.close()
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _centre_distance(a: Sighting, b: Detection, diagonal: float) -> float:
@@ -324,14 +320,14 @@ class InspectionService:
                 m = distance_m(pos, (d.lat, d.lon))
                 if m <= nearest_m:
                     nearest, nearest_m = d, m
-        seen = _iso(t.last.ts)
+        seen = iso_time(t.last.ts)
         if nearest is None:
             defect = Defect(
                 new_id(),
                 t.label,
                 pos[0],
                 pos[1],
-                _iso(t.closest.ts),
+                iso_time(t.closest.ts),
                 seen,
                 t.sightings,
                 1,

@@ -21,9 +21,9 @@ from datetime import datetime
 from typing import Any, TypeGuard
 
 from gateway.bus import Bus, DropPolicy
-from gateway.geo import move
-from gateway.records import Event, Reading
-from gateway.supervisor import Ready
+from gateway.kernel.component import Ready
+from gateway.kernel.geo import move
+from gateway.kernel.records import Event, Reading
 
 logger = logging.getLogger(__name__)
 

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from gateway.bus import Bus, DropPolicy
-from gateway.records import Detection, Event, Reading, Record, Severity, new_id
+from gateway.kernel.component import Ready
+from gateway.kernel.records import Detection, Event, Reading, Record, Severity, new_id
 from gateway.snapshots import SnapshotStore
-from gateway.supervisor import Ready
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Plugins register under the entry-point group ``cityneuron.drivers``; each entry point
 names a `drivers.api.Driver` subclass. A plugin that fails to import, is not a driver,
 declares an incompatible API version or reuses a taken type is reported and skipped;
-it never stops the node.
+it never stops the node. (Decoder plugins are found by models.plugins.)
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import get_args
 
 from drivers.api import API_VERSION, Driver, DriverConfig, compatible
-from models.api import DECODER_API_VERSION
+from gateway.kernel.plugins import PluginFailure, load_group
 
 logger = logging.getLogger(__name__)
 
 DRIVER_GROUP = "cityneuron.drivers"
-DECODER_GROUP = "cityneuron.models.decoders"
 
 # type -> "module:Class"; imported lazily so that e.g. OpenCV loads only with a camera
 BUILTIN_DRIVERS: dict[str, str] = {
@@ -29,14 +27,11 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "camera": "drivers.camera.driver:CameraDriver",
 }
 
+# what a built-in driver needs beyond the core package, and how to get it
+EXTRAS: dict[str, str] = {"camera": "vision"}
 
-@dataclass(frozen=True, slots=True)
-class PluginFailure:
-    """A driver that could not be loaded, and why."""
-
-    name: str
-    source: str
-    reason: str
+# modules that driver API 1.x plugins imported and 2.0 no longer offers
+_API1_MODULES = ("gateway.records", "gateway.clock", "gateway.cancel", "gateway.geo")
 
 
 @dataclass
@@ -49,6 +44,15 @@ class DriverRegistry:
 
     def config_models(self) -> list[type[DriverConfig]]:
         return [d.config_model for d in self.drivers.values()]
+
+    def missing(self, driver_type: str) -> str | None:
+        """Why `driver_type` is not available (failed plugin, missing extra), or None."""
+        if driver_type in self.drivers:
+            return None
+        for failure in self.failures:
+            if failure.name == driver_type:
+                return f"{failure.source}: {failure.reason}"
+        return None
 
     def add(self, driver: object, source: str, name: str) -> None:
         reason = _check(driver, name)
@@ -64,8 +68,13 @@ class DriverRegistry:
                 self.drivers[driver.type] = driver
                 self.origins[driver.type] = source
                 return
-        logger.error("driver plugin %s (%s) skipped: %s", name, source, reason)
-        self.failures.append(PluginFailure(name=name, source=source, reason=reason))
+        self.fail(PluginFailure(name=name, source=source, reason=reason))
+
+    def fail(self, failure: PluginFailure) -> None:
+        logger.error(
+            "driver plugin %s (%s) skipped: %s", failure.name, failure.source, failure.reason
+        )
+        self.failures.append(failure)
 
 
 def _check(driver: object, name: str) -> str | None:
@@ -83,7 +92,10 @@ def _check(driver: object, name: str) -> str | None:
             f"(found {model.model_fields['type'].annotation!r})"
         )
     if not compatible(str(driver.api_version)):
-        return f"written for driver API {driver.api_version}, this gateway offers {API_VERSION}"
+        hint = ""
+        if str(driver.api_version).startswith("1."):
+            hint = " (update the plugin: since 2.0 drivers import only drivers.api)"
+        return f"written for driver API {driver.api_version}, this node offers {API_VERSION}{hint}"
     if name != driver.type:
         logger.debug("entry point %s provides driver type %s", name, driver.type)
     return None
@@ -103,54 +115,23 @@ def load_drivers(*, plugins: bool = True) -> DriverRegistry:
     for type_name, target in BUILTIN_DRIVERS.items():
         try:
             registry.add(_import(target), "built-in", type_name)
-        except Exception as exc:
-            registry.failures.append(PluginFailure(type_name, "built-in", repr(exc)))
-            logger.exception("built-in driver %s failed to load", type_name)
+        except ImportError as exc:
+            extra = EXTRAS.get(type_name)
+            reason = f"{exc.name or exc} is not installed"
+            if extra:
+                reason += f" (install cityneuron[{extra}])"
+            registry.failures.append(PluginFailure(type_name, "built-in", reason))
+            logger.debug("built-in driver %s unavailable: %s", type_name, reason)
     if plugins:
-        for ep in entry_points(group=DRIVER_GROUP):
-            source = f"{ep.dist.name if ep.dist else '?'} ({ep.value})"
-            try:
-                obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the node
-                reason = f"import failed: {type(exc).__name__}: {exc}"
-                logger.error("driver plugin %s (%s) skipped: %s", ep.name, source, reason)  # noqa: TRY400
-                registry.failures.append(PluginFailure(ep.name, source, reason))
+        for item in load_group(DRIVER_GROUP):
+            if isinstance(item, PluginFailure):
+                reason = item.reason
+                if any(m in reason for m in _API1_MODULES):
+                    reason += (
+                        " (a driver API 1.x plugin: since 2.0 drivers import only drivers.api;"
+                        " see docs/driver-sdk.md)"
+                    )
+                registry.fail(PluginFailure(item.name, item.source, reason))
                 continue
-            registry.add(obj, source, ep.name)
+            registry.add(item.obj, item.source, item.name)
     return registry
-
-
-def load_decoders() -> tuple[dict[str, str], list[PluginFailure]]:
-    """Custom model output decoders from plugins: name -> origin, and failures.
-
-    A decoder is a callable with a compatible ``api_version`` (models/api.py); anything
-    else, or an import error, is reported and skipped.
-    """
-    found: dict[str, str] = {}
-    failures: list[PluginFailure] = []
-    for ep in entry_points(group=DECODER_GROUP):
-        source = f"{ep.dist.name if ep.dist else '?'} ({ep.value})"
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the node
-            failures.append(PluginFailure(ep.name, source, f"import failed: {exc!r}"))
-            continue
-        if not callable(obj):
-            failures.append(PluginFailure(ep.name, source, f"{obj!r} is not callable"))
-            continue
-        version = getattr(obj, "api_version", None)
-        if not isinstance(version, str) or not compatible(version, DECODER_API_VERSION):
-            failures.append(
-                PluginFailure(
-                    ep.name,
-                    source,
-                    f"written for decoder API {version}, this gateway offers {DECODER_API_VERSION}",
-                )
-            )
-            continue
-        found[ep.name] = source
-    for failure in failures:
-        logger.error(
-            "decoder plugin %s (%s) skipped: %s", failure.name, failure.source, failure.reason
-        )
-    return found, failures

@@ -2,7 +2,8 @@
 
 Active only under systemd (NOTIFY_SOCKET set, as with ``Type=notify``). The watchdog is
 kicked at half the unit's ``WatchdogSec`` from the event loop itself, and only while no
-component has failed, so a hung loop or a broken node gets restarted by systemd.
+core component has given up, so a hung loop or a broken node gets restarted by systemd
+(a failing driver is the node's to restart, not systemd's).
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from gateway.supervisor import ComponentState, Ready
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.kernel.component import Ready
+from gateway.nodestate import Readiness
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +26,9 @@ class SystemdNotifier:
 
     name = "systemd"
 
-    def __init__(self, gw: Gateway, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, state: Readiness, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
-        self.gw = gw
+        self.state = state
         address = env.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
         usec = env.get("WATCHDOG_USEC", "")
@@ -49,23 +47,22 @@ class SystemdNotifier:
             logger.debug("sd_notify %r failed: %s", message, exc)
 
     def _healthy(self) -> bool:
-        return not any(s.state is ComponentState.FAILED for s in self.gw.supervisors)
+        return not self.state.has_failed()
 
     async def run(self, ready: Ready) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             ready()
-            await self.gw.ready.wait()
-            self._send(sock, f"READY=1\nSTATUS=node {self.gw.config.node.id} running")
-            stopping = self.gw.stopping
-            while not stopping.is_set():
+            await self.state.wait_ready()
+            self._send(sock, f"READY=1\nSTATUS=node {self.state.node_id} running")
+            while not self.state.stopping_requested():
                 if self.watchdog is None:
-                    await stopping.wait()
+                    await self.state.wait_stopping()
                     break
                 if self._healthy():
                     self._send(sock, "WATCHDOG=1")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.watchdog):
-                        await stopping.wait()
+                        await self.state.wait_stopping()
             self._send(sock, "STOPPING=1")
             await asyncio.Event().wait()  # until the gateway cancels us, last

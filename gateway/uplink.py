@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import ssl
 import time
 import traceback
@@ -26,19 +25,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import gateway
-from gateway.cancel import raise_if_cancelling
 from gateway.commands import CommandRouter, Reply
 from gateway.config import MqttSection
+from gateway.health import failing_entry
+from gateway.kernel.backoff import backoff
+from gateway.kernel.cancel import raise_if_cancelling
+from gateway.kernel.component import Ready
+from gateway.kernel.records import iso_time, new_id, utcnow
+from gateway.nodestate import MAX_REPORTED, Readiness
 from gateway.outbox import Message, Outbox
-from gateway.records import new_id, utcnow
-from gateway.supervisor import Ready
 
 logger = logging.getLogger(__name__)
-
-
-def backoff(attempt: int, cap: float = 60.0, rng: random.Random | None = None) -> float:
-    """Seconds before reconnect attempt `attempt` (1-based): jittered, capped at `cap`."""
-    return min(cap, (rng or random).uniform(0.5, 1.0) * 1.5 ** min(attempt, 20))
 
 
 class Topics:
@@ -78,11 +75,13 @@ class Uplink:
         groups: list[str],
         outbox: Outbox,
         commands: CommandRouter | None = None,
+        state: Readiness | None = None,
     ) -> None:
         self.config = config
         self.node = node
         self.outbox = outbox
         self.commands = commands or CommandRouter()
+        self.state = state
         self.topics = Topics(config.topic_prefix, node, groups)
         self.v5 = config.protocol == "5"
         self.connected = asyncio.Event()
@@ -110,7 +109,9 @@ class Uplink:
                 self._lost(group.exceptions[0])
                 _release_frames(group)
             self._attempts += 1
-            await asyncio.sleep(backoff(self._attempts, self.config.reconnect_max))
+            await asyncio.sleep(
+                backoff(self._attempts, first=1.5, factor=1.5, cap=self.config.reconnect_max)
+            )
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self.config.tls
@@ -124,13 +125,17 @@ class Uplink:
         return ctx
 
     def _status(self, state: str) -> bytes:
-        body = {
+        body: dict[str, Any] = {
             "id": new_id(),
             "node": self.node,
             "state": state,
             "version": gateway.__version__,
-            "ts": utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": iso_time(utcnow()),
         }
+        if state == "online" and self.state is not None:
+            failing = self.state.failing()
+            body["degraded"] = bool(failing)
+            body["failing"] = [failing_entry(c) for c in failing[:MAX_REPORTED]]
         return json.dumps(body, separators=(",", ":")).encode()
 
     def _client(self, tls: ssl.SSLContext | None) -> aiomqtt.Client:
@@ -161,6 +166,8 @@ class Uplink:
                 self._up()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._send_loop(client, tg), name="uplink.send")
+                    if self.state is not None:
+                        tg.create_task(self._status_loop(client), name="uplink.status")
                     # the body itself must wait: on Python 3.11 a TaskGroup whose child
                     # fails while the body is already leaving never clears the
                     # cancellation it requested, and this task would later look cancelled
@@ -172,6 +179,13 @@ class Uplink:
                 self.connected.clear()
                 self.outbox.release(self._inflight.values())
                 self._inflight.clear()
+
+    async def _status_loop(self, client: aiomqtt.Client) -> None:
+        """Publish the retained status again whenever a component starts or stops failing."""
+        assert self.state is not None
+        while True:
+            await self.state.wait_changed()
+            await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """Orderly stop: say offline ourselves (the will is only sent on a lost link)."""

@@ -6,35 +6,17 @@ All return detections as arrays: boxes [N, 4] (x1, y1, x2, y2 in input pixels), 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from models.api import Decoded, DecodeError, DecodeFn
 from models.package import ModelSpec
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    boxes: F32  # [N, 4] x1 y1 x2 y2, input pixels
-    scores: F32  # [N]
-    classes: I32  # [N]
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    @staticmethod
-    def empty() -> Decoded:
-        return Decoded(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
-
-
-class DecodeError(ValueError):
-    """The model's output does not have the layout its model.yaml declares."""
 
 
 def _xywh_to_xyxy(b: F32) -> F32:
@@ -193,7 +175,7 @@ def mask_detections(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec)
     )
 
 
-def _finish(
+def finish(
     spec: ModelSpec,
     boxes: F32,
     scores: F32,
@@ -241,7 +223,7 @@ def yolov5(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decod
     cls_scores = rows[:, 5:] * rows[:, 4:5]
     classes = cls_scores.argmax(axis=1).astype(np.int32)
     scores = cls_scores[np.arange(len(rows)), classes]
-    return _finish(spec, _xywh_to_xyxy(rows[:, :4]), scores, classes, outputs)
+    return finish(spec, _xywh_to_xyxy(rows[:, :4]), scores, classes, outputs)
 
 
 def yolov8(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
@@ -256,7 +238,7 @@ def yolov8(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decod
     # Most of the N candidates score near zero: drop them before building boxes.
     cand = np.flatnonzero(scores >= _thresholds(spec).min())
     boxes = _xywh_to_xyxy(out[0, :4][:, cand].T)
-    return _finish(spec, boxes, scores[cand], classes[cand], outputs)
+    return finish(spec, boxes, scores[cand], classes[cand], outputs)
 
 
 def end2end(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Decoded:
@@ -266,7 +248,7 @@ def end2end(outputs: Sequence[npt.NDArray[np.generic]], spec: ModelSpec) -> Deco
         raise DecodeError(f"end2end output must be [1, K, 6], got {list(out.shape)}")
     rows = out[0]
     classes = rows[:, 5].round().astype(np.int32)
-    return _finish(spec, rows[:, :4], rows[:, 4], classes, outputs)
+    return finish(spec, rows[:, :4], rows[:, 4], classes, outputs)
 
 
 def classification(
@@ -289,8 +271,9 @@ def classification(
     return best, float(probs[best]), probs
 
 
-DETECTORS: dict[str, Callable[[Sequence[npt.NDArray[np.generic]], ModelSpec], Decoded]] = {
+BUILTIN_DECODERS: dict[str, DecodeFn] = {
     "yolov5": yolov5,
     "yolov8": yolov8,
     "end2end": end2end,
 }
+"""The detector decoders that ship; ``classification`` is the classifier's own path."""

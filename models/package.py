@@ -14,7 +14,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.yamlsource import SourceError, load_model, published_schema
+from gateway.kernel.yamlsource import SourceError, load_model, published_schema
 
 
 class _Model(BaseModel):

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.supervisor import Ready
+from gateway.kernel.component import Ready
+from gateway.kernel.inference import FoundObject
 from models.package import ModelError
-from models.runtime import Found, LoadedModel
+from models.runtime import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ModelRegistry:
             raise LookupError(f"model {name!r}: {why}")
         return model
 
-    async def infer(self, name: str, image: Any) -> list[Found]:
+    async def infer(self, name: str, image: Any) -> list[FoundObject]:
         if not self.loaded.is_set() and name in self.packages:
             await self.loaded.wait()
         return await self.get(name).infer(image, self.watchdog)

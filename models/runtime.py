@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +14,21 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from gateway.kernel.inference import FoundObject
+from models.api import Decoded, DecodeError, DecodeFn
 from models.decoders import (
-    DETECTORS,
-    Decoded,
-    DecodeError,
     classification,
     merge_regions,
     nms,
     region_classes,
 )
 from models.package import ModelError, ModelSpec, load_spec, verify_file
+from models.plugins import DecoderRegistry, installed_decoders
 from models.preprocess import prepare
 
 logger = logging.getLogger(__name__)
 
 Image = npt.NDArray[np.uint8]
-
-
-@dataclass(frozen=True, slots=True)
-class Found:
-    """One detection in frame pixels."""
-
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
 
 
 class ModelHung(RuntimeError):  # noqa: N818 - a state, like TimeoutError
@@ -52,10 +42,17 @@ def _dims(shape: Sequence[Any]) -> list[int | None]:
 class LoadedModel:
     """A model package ready to run: spec checked, file verified, session warmed up."""
 
-    def __init__(self, directory: Path, spec: ModelSpec, session: ort.InferenceSession) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        decoder: DecodeFn | None = None,
+    ) -> None:
         self.directory = directory
         self.spec = spec
         self.session = session
+        self._decoder = decoder or _no_decoder
         self.input_name = session.get_inputs()[0].name
         self.inferences = 0
         self.total_seconds = 0.0
@@ -68,9 +65,18 @@ class LoadedModel:
         return self.spec.name
 
     @classmethod
-    def load(cls, directory: Path, *, threads: int = 2) -> LoadedModel:
-        """Load and verify a package (blocking: call it in a thread)."""
+    def load(
+        cls, directory: Path, *, threads: int = 2, decoders: DecoderRegistry | None = None
+    ) -> LoadedModel:
+        """Load and verify a package (blocking: call it in a thread); its decoder comes
+        from `decoders` (the built-in ones and the installed plugins by default)."""
         spec = load_spec(directory)
+        decoder = None
+        if spec.task == "detect":
+            try:
+                decoder = (decoders or installed_decoders()).get(spec.output.decoder)
+            except LookupError as exc:
+                raise ModelError(f"{directory / 'model.yaml'}: output.decoder: {exc}") from None
         path = verify_file(directory, spec)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -86,7 +92,7 @@ class LoadedModel:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own broad types
             raise ModelError(f"{path}: onnxruntime cannot load it: {exc}") from None
-        model = cls(directory, spec, session)
+        model = cls(directory, spec, session, decoder)
         model._check_input()
         model.warm_up()
         return model
@@ -124,16 +130,22 @@ class LoadedModel:
     def _detect(self, image: Image, offset: tuple[int, int] = (0, 0)) -> Decoded:
         tensor, transform = prepare(image, self.spec.input)
         outputs = self.raw(tensor)
-        decoder = DETECTORS.get(self.spec.output.decoder)
-        if decoder is None:
-            raise ModelError(f"unknown decoder {self.spec.output.decoder!r}")
-        d = decoder(outputs, self.spec)
+        try:
+            d = self._decoder(outputs, self.spec)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"decoder {self.spec.output.decoder!r} failed: {exc!r}") from exc
+        if not isinstance(d, Decoded):
+            raise DecodeError(
+                f"decoder {self.spec.output.decoder!r} returned {type(d).__name__}, not Decoded"
+            )
         boxes = transform.to_frame(d.boxes)
         if offset != (0, 0):
             boxes = boxes + np.asarray([*offset, *offset], np.float32)
         return Decoded(boxes, d.scores, d.classes)
 
-    def run(self, image: Image) -> list[Found]:
+    def run(self, image: Image) -> list[FoundObject]:
         """Detections (or the class, for classifiers) in frame pixels; blocking."""
         started = time.perf_counter()
         try:
@@ -141,7 +153,7 @@ class LoadedModel:
                 tensor, _ = prepare(image, self.spec.input)
                 best, prob, _ = classification(self.raw(tensor), self.spec)
                 h, w = image.shape[:2]
-                found = [Found(self.spec.classes[best], prob, (0.0, 0.0, float(w), float(h)))]
+                found = [FoundObject(self.spec.classes[best], prob, (0.0, 0.0, float(w), float(h)))]
                 return found if prob >= self.spec.score_threshold(best) else []
             d = self._tiled(image) if self.spec.tiling.enabled else self._detect(image)
         except DecodeError as exc:
@@ -156,7 +168,7 @@ class LoadedModel:
             x1, y1 = max(0.0, float(box[0])), max(0.0, float(box[1]))
             x2, y2 = min(float(w), float(box[2])), min(float(h), float(box[3]))
             if x2 > x1 and y2 > y1:
-                out.append(Found(self.spec.classes[int(cls)], float(score), (x1, y1, x2, y2)))
+                out.append(FoundObject(self.spec.classes[int(cls)], float(score), (x1, y1, x2, y2)))
         return out
 
     def _tiled(self, image: Image) -> Decoded:
@@ -179,7 +191,7 @@ class LoadedModel:
         kept = nms(merged, self.spec.thresholds.iou, self.spec.max_detections)
         return merge_regions(kept, region_classes(self.spec))
 
-    async def infer(self, image: Image, watchdog: float = 10.0) -> list[Found]:
+    async def infer(self, image: Image, watchdog: float = 10.0) -> list[FoundObject]:
         """`run` on the model's own thread; raises `ModelHung` after `watchdog` seconds."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self.run, image)
@@ -203,6 +215,10 @@ class LoadedModel:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _no_decoder(outputs: Sequence[Any], spec: ModelSpec) -> Decoded:
+    raise DecodeError(f"model {spec.name} is a classifier; it has no box decoder")
 
 
 def _starts(length: int, tile: int, overlap: float) -> list[int]:

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.geo import distance_m
+from gateway.kernel.geo import distance_m
 from rules.bundle import Aggregate, DetectionCount
 
 MAX_SAMPLES = 10_000  # per window: a 10-minute window at 16 Hz still fits

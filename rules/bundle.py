@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.config import Duration
-from gateway.records import Severity
-from gateway.yamlsource import published_schema
+from gateway.kernel.durations import Duration
+from gateway.kernel.records import Severity
+from gateway.kernel.yamlsource import published_schema
 
 RULE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 KIND = r"^[a-z0-9][a-z0-9_.-]{0,63}$"

@@ -1,5 +1,8 @@
 """Deploying rule bundles remotely: verify, validate, compile, dry-run, persist, swap.
 
+The node's `rules.deploy`, `rules.rollback` and `rules.status` commands call this
+(gateway/rules_host.py); a refusal is a `DeployError` with a machine-readable code.
+
 Every step can refuse the bundle with a precise reason; until the final swap nothing about
 the running rules changes, so a bad push never leaves the node without rules.
 """
@@ -10,13 +13,13 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.commands import CommandError, CommandRouter
+from gateway.kernel.records import iso_time
 from rules.bundle import BundleError, parse_bundle
 from rules.compiler import CompiledBundle, compile_bundle
-from rules.engine import RuleEngine
-from rules.store import Deployed, RuleStore
+from rules.engine import EngineStats
+from rules.store import Deployed
 
 if TYPE_CHECKING:  # cryptography (7 MB resident) loads when a signed bundle arrives
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,13 +27,51 @@ if TYPE_CHECKING:  # cryptography (7 MB resident) loads when a signed bundle arr
 logger = logging.getLogger(__name__)
 
 
+class DeployError(Exception):
+    """A deployment or rollback was refused; `code` is machine-readable, the message why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Engine(Protocol):
+    """What the deployer needs of the engine: the running bundle, a dry run and a swap."""
+
+    compiled: CompiledBundle | None
+    stats: EngineStats
+
+    @property
+    def version(self) -> int | None: ...
+
+    def dry_run(self, compiled: CompiledBundle) -> list[dict[str, Any]]: ...
+
+    def swap(self, compiled: CompiledBundle | None) -> None: ...
+
+
+class Store(Protocol):
+    """Where deployed bundles are kept (rules.store.RuleStore on the node)."""
+
+    @property
+    def max_version(self) -> int: ...
+
+    def current(self) -> Deployed | None: ...
+
+    def previous(self) -> Deployed | None: ...
+
+    def save(self, deployed: Deployed) -> None: ...
+
+    def rollback(self) -> Deployed: ...
+
+
 class RuleDeployer:
-    """The `rules.deploy`, `rules.rollback` and `rules.status` commands."""
+    """Deployments, rollbacks and the status of the running bundle."""
 
     def __init__(
         self,
-        engine: RuleEngine,
-        store: RuleStore,
+        engine: Engine,
+        store: Store,
         *,
         trusted: dict[str, Ed25519PublicKey],
         require_signature: bool = True,
@@ -44,37 +85,32 @@ class RuleDeployer:
         self._lock = asyncio.Lock()  # one deployment at a time
         self.deployed: Deployed | None = None
 
-    def register(self, router: CommandRouter) -> None:
-        router.register("rules.deploy", self.cmd_deploy)
-        router.register("rules.rollback", self.cmd_rollback)
-        router.register("rules.status", self.cmd_status)
-
     # --- pipeline ----------------------------------------------------------------------
 
     def check(
         self, text: str, signature: str | None, key: str | None, *, min_version: int
     ) -> CompiledBundle:
-        """Verify and compile a bundle; raises `CommandError` with the reason."""
+        """Verify and compile a bundle; raises `DeployError` with the reason."""
         data = text.encode("utf-8")
         if len(data) > self.max_bytes:
-            raise CommandError(
+            raise DeployError(
                 "too_large", f"bundle is {len(data)} bytes; the limit is {self.max_bytes}"
             )
         if signature is not None or key is not None or self.require_signature:
             if not signature or not key:
-                raise CommandError("unsigned", "the bundle needs a signature and a key id")
+                raise DeployError("unsigned", "the bundle needs a signature and a key id")
             from rules.signing import SignatureError, verify  # noqa: PLC0415
 
             try:
                 verify(data, signature, key, self.trusted)
             except SignatureError as exc:
-                raise CommandError(exc.code, str(exc)) from None
+                raise DeployError(exc.code, str(exc)) from None
         try:
             bundle = parse_bundle(text)
         except BundleError as exc:
-            raise CommandError("invalid_bundle", str(exc)) from None
+            raise DeployError("invalid_bundle", str(exc)) from None
         if bundle.version <= min_version:
-            raise CommandError(
+            raise DeployError(
                 "stale_version",
                 f"version {bundle.version} is not newer than {min_version}, the highest "
                 "accepted so far",
@@ -82,7 +118,7 @@ class RuleDeployer:
         try:
             return compile_bundle(bundle)
         except BundleError as exc:
-            raise CommandError("compile_error", str(exc)) from None
+            raise DeployError("compile_error", str(exc)) from None
 
     async def deploy(self, text: str, signature: str | None, key: str | None) -> dict[str, Any]:
         async with self._lock:
@@ -90,19 +126,19 @@ class RuleDeployer:
             try:
                 dry = self.engine.dry_run(compiled)
             except ValueError as exc:
-                raise CommandError("dry_run_failed", str(exc)) from None
+                raise DeployError("dry_run_failed", str(exc)) from None
             deployed = Deployed(
                 text=text,
                 signature=signature,
                 key=key,
                 version=compiled.version,
-                deployed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                deployed_at=iso_time(datetime.now(UTC)),
             )
             previous = self.engine.version
             try:
                 await asyncio.to_thread(self.store.save, deployed)
             except OSError as exc:
-                raise CommandError("storage", f"cannot store the bundle: {exc}") from None
+                raise DeployError("storage", f"cannot store the bundle: {exc}") from None
             self.engine.swap(compiled)
             self.deployed = deployed
             logger.info("rules: deployed bundle %d (was %s)", compiled.version, previous)
@@ -127,7 +163,7 @@ class RuleDeployer:
                     deployed.key,
                     min_version=deployed.version - 1,
                 )
-            except CommandError as exc:
+            except DeployError as exc:
                 logger.error(  # noqa: TRY400 - the reason is the message, no traceback
                     "stored rule bundle %d refused: %s", deployed.version, exc.message
                 )
@@ -144,25 +180,14 @@ class RuleDeployer:
             raise BundleError(f"{path}: {exc}") from None
         self.engine.swap(compiled)
 
-    # --- commands ----------------------------------------------------------------------
+    # --- the other operations -------------------------------------------------------
 
-    async def cmd_deploy(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = args.get("bundle")
-        if not isinstance(text, str) or not text.strip():
-            raise CommandError("invalid_args", "rules.deploy needs args.bundle (the bundle text)")
-        signature, key = args.get("signature"), args.get("key")
-        if signature is not None and not isinstance(signature, str):
-            raise CommandError("invalid_args", "signature must be a base64 string")
-        if key is not None and not isinstance(key, str):
-            raise CommandError("invalid_args", "key must be a key id string")
-        return await self.deploy(text, signature, key)
-
-    async def cmd_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
-        del args
+    async def rollback(self) -> dict[str, Any]:
+        """Run the previous bundle again; the current one becomes previous."""
         async with self._lock:
             previous = self.store.previous()
             if previous is None:
-                raise CommandError("no_previous", "there is no previous bundle to roll back to")
+                raise DeployError("no_previous", "there is no previous bundle to roll back to")
             compiled = compile_bundle(parse_bundle(previous.text))
             current = self.engine.version
             await asyncio.to_thread(self.store.rollback)
@@ -170,8 +195,7 @@ class RuleDeployer:
             self.deployed = previous
             return {"version": compiled.version, "rolled_back_from": current}
 
-    async def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
-        del args
+    def status(self) -> dict[str, Any]:
         stats = self.engine.stats
         return {
             "version": self.engine.version,

@@ -14,26 +14,22 @@ reported once per rule and device as a `rule.error` event, never raised.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.bus import Bus, DropPolicy
-from gateway.records import Detection, Event, Reading, Severity, Value
-from gateway.supervisor import Ready
+from gateway.kernel.records import Detection, Event, Reading, Severity, Value
 from rules.aggregates import DetectionLog, Seen, Window, make_window
 from rules.bundle import Aggregate, DetectionCount
 from rules.compiler import CompiledBundle, CompiledRule, undefined_name
 
 logger = logging.getLogger(__name__)
 
-Writer = Callable[[str, str, Any], Awaitable[None]]
 Locator = Callable[[], dict[str, Any] | None]
 
 MAX_REPORTED_ERRORS = 1000
@@ -74,24 +70,26 @@ class _Timer:
 
 
 class RuleEngine:
-    """Component that runs the current rule bundle."""
+    """Runs the current rule bundle over the readings and detections it is given.
 
-    name = "rules"
+    Pure: it takes records through `on_reading`/`on_detection`, is told the time, and
+    hands back what it decided (`take_events`, `take_writes`); the daemon wires it to the
+    bus, the outbox and the drivers (gateway/rules_host.py)."""
 
     def __init__(
         self,
-        bus: Bus,
         *,
         node: str = "",
         locate: Locator | None = None,
-        writer: Writer | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
-        self.bus = bus
         self.node = node
         self.locate = locate
-        self.writer = writer
         self.monotonic = monotonic
+        # called when the next timer may have moved (a swap, a new `for`): whoever waits
+        # for the next timer looks again
+        self.on_change = on_change or _nothing
         self.compiled: CompiledBundle | None = None
         self.values: dict[str, dict[str, Value]] = {}
         self.instances: dict[tuple[str, str], Instance] = {}
@@ -106,7 +104,6 @@ class RuleEngine:
         self._reported: set[tuple[str, str, str]] = set()
         self._outbox: list[Event] = []  # events made during an evaluation, published after
         self._writes: list[tuple[str, str, Any, str]] = []
-        self._wake = asyncio.Event()
 
     # --- bundle ------------------------------------------------------------------------
 
@@ -139,7 +136,7 @@ class RuleEngine:
             for device in list(self.values):
                 if rule.applies_to(device):
                     self._evaluate(rule, device, now, extra=None)
-        self._wake.set()
+        self.on_change()
         logger.info(
             "rules: running bundle %s (%d rules, state kept for %d)",
             compiled.version if compiled else None,
@@ -299,7 +296,7 @@ class RuleEngine:
 
     def _schedule(self, at: float, key: tuple[str, str], since: float, *, clearing: bool) -> None:
         heapq.heappush(self._timers, _Timer(at, next(self._seq), key, since, clearing))
-        self._wake.set()
+        self.on_change()
 
     def run_timers(self, now: float | None = None) -> None:
         """Fire `for` conditions and clear `clear_for` alarms whose time has come."""
@@ -376,7 +373,7 @@ class RuleEngine:
                 location=location,
                 detection=detection,
             )
-        if r.write is not None and self.writer is not None:
+        if r.write is not None:
             target = r.write.device or device
             self._writes.append((target, r.write.point, r.write.value, rule.id))
 
@@ -503,70 +500,9 @@ class RuleEngine:
             self._outbox, self._reported = saved_outbox, saved_reported
         return results
 
-    # --- component ---------------------------------------------------------------------
 
-    async def run(self, ready: Ready) -> None:
-        sub = self.bus.subscribe(
-            "rules",
-            maxsize=10_000,
-            policy=DropPolicy.BACKPRESSURE,
-            max_wait=1.0,
-            kinds=(Reading, Detection),
-        )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                ready()
-                while True:
-                    record = await self._next(sub)
-                    now = self.monotonic()
-                    if isinstance(record, Reading):
-                        self.on_reading(record, now)
-                    elif isinstance(record, Detection):
-                        self.on_detection(record, now)
-                    self.run_timers(now)
-                    for event in self.take_events():
-                        await self.bus.publish(event)
-                    for device, point, value, rule_id in self.take_writes():
-                        tg.create_task(
-                            self._write(device, point, value, rule_id),
-                            name=f"rules.write[{device}.{point}]",
-                        )
-        finally:
-            sub.close()
-
-    async def _next(self, sub: Any) -> Reading | Detection | None:
-        """The next record, or None when a timer is due or the bundle changed."""
-        if self._wake.is_set():
-            self._wake.clear()
-            return None
-        deadline = self.next_timer()
-        delay = None if deadline is None else max(0.0, deadline - self.monotonic())
-        try:
-            async with asyncio.timeout(delay):
-                batch = await sub.get_batch(1, 0.0, wake=self._wake)
-        except TimeoutError:
-            return None
-        self._wake.clear()
-        return batch[0] if batch else None
-
-    async def _write(self, device: str, point: str, value: Any, rule_id: str) -> None:
-        if self.writer is None:
-            return
-        try:
-            await self.writer(device, point, value)
-        except Exception as exc:  # noqa: BLE001 - a failed action is reported, not fatal
-            logger.warning("rule %s: write %s.%s failed: %s", rule_id, device, point, exc)
-            await self.bus.publish(
-                Event(
-                    kind="rule.action_failed",
-                    source=device,
-                    severity=Severity.WARNING,
-                    message=f"rule {rule_id}: write {device}.{point}={value!r} failed: {exc}",
-                    data={"rule": rule_id, "device": device, "point": point},
-                    rule=rule_id,
-                    node=self.node,
-                )
-            )
+def _nothing() -> None:
+    pass
 
 
 def _event_data(env: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from drivers.api import Driver, DriverConfig, DriverContext
-from gateway.config import Duration
-from gateway.supervisor import Ready
+from gateway.kernel.component import Ready
+from gateway.kernel.durations import Duration
 
 
 class CounterConfig(DriverConfig):

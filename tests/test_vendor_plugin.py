@@ -19,8 +19,8 @@ from drivers.testkit import DriverConformance
 from firmware_sim.broker import free_port
 from gateway.app import Gateway
 from gateway.config import load_config
+from gateway.kernel.records import Reading
 from gateway.plugins import load_drivers
-from gateway.records import Reading
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +86,8 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
     plugins = (
         ("broken", "cityneuron.drivers", "broken_mod:Driver"),
         ("future", "cityneuron.drivers", "future_mod:Driver"),
+        ("legacy", "cityneuron.drivers", "legacy_mod:Driver"),
+        ("oldapi", "cityneuron.drivers", "oldapi_mod:Driver"),
         ("yolo-ok", "cityneuron.models.decoders", "decoders_mod:good"),
         ("yolo-old", "cityneuron.models.decoders", "decoders_mod:old"),
     )
@@ -100,7 +102,7 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
         textwrap.dedent("""\
         def good(outputs, spec):
             return []
-        good.api_version = "1.0"
+        good.api_version = "2.0"
 
         def old(outputs, spec):
             return []
@@ -119,11 +121,20 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
         class Driver(Driver):
             type = "future"
             config_model = Cfg
-            api_version = "2.0"
+            api_version = "3.0"
 
             async def run(self, ctx):
                 pass
         """)
+    )
+    # a driver API 1.x plugin as vendors wrote them: it imports the daemon's records
+    (site / "legacy_mod.py").write_text("from gateway.records import Reading\n")
+    # one that imports only drivers.api but still declares 1.1
+    (site / "oldapi_mod.py").write_text(
+        (site / "future_mod.py")
+        .read_text()
+        .replace('"future"', '"oldapi"')
+        .replace('api_version = "3.0"', 'api_version = "1.1"')
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run(
@@ -143,13 +154,23 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
         "ModuleNotFoundError: No module named 'no_such_dependency'" in result.stdout
     )
     assert (
-        "future         cityneuron-future (future_mod:Driver): written for driver API 2.0, "
-        "this gateway offers 1.1" in result.stdout
+        "future         cityneuron-future (future_mod:Driver): written for driver API 3.0, "
+        "this node offers 2.0" in result.stdout
+    )
+    assert (
+        "legacy         cityneuron-legacy (legacy_mod:Driver): import failed: "
+        "ModuleNotFoundError: No module named 'gateway.records' (a driver API 1.x plugin: "
+        "since 2.0 drivers import only drivers.api; see docs/driver-sdk.md)" in result.stdout
+    )
+    assert (
+        "oldapi         cityneuron-oldapi (oldapi_mod:Driver): written for driver API 1.1, "
+        "this node offers 2.0 (update the plugin: since 2.0 drivers import only drivers.api)"
+        in result.stdout
     )
     assert "yolo-ok        cityneuron-yolo-ok (decoders_mod:good)" in result.stdout
     assert (
         "yolo-old       cityneuron-yolo-old (decoders_mod:old): written for decoder API 0.1, "
-        "this gateway offers 1.0" in result.stdout
+        "this node offers 2.0" in result.stdout
     )
     # the node itself still starts with such plugins around
     config = tmp_path / "node.yaml"

@@ -13,13 +13,19 @@ import contextlib
 import logging
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.api import Driver, DriverConfig, DriverContext
-from gateway.config import Duration
-from gateway.records import Detection, new_id
+from drivers.api import (
+    Detection,
+    Driver,
+    DriverConfig,
+    DriverContext,
+    Duration,
+    FoundObject,
+    new_id,
+)
 
 if TYPE_CHECKING:  # OpenCV and numpy load when a camera runs, not with the config schema
     import numpy as np
@@ -27,7 +33,7 @@ if TYPE_CHECKING:  # OpenCV and numpy load when a camera runs, not with the conf
 
     from drivers.camera.source import FrameSource
 
-    FoundQueue = asyncio.Queue[tuple[npt.NDArray[np.uint8], float, list[Any]]]
+    FoundQueue = asyncio.Queue[tuple[npt.NDArray[np.uint8], float, list[FoundObject]]]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +101,7 @@ class CameraDriver(Driver):
 
     type = "camera"
     config_model = CameraConfig
-    api_version = "1.1"
+    api_version = "2.0"
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
@@ -240,7 +246,7 @@ class CameraDriver(Driver):
         self,
         ctx: DriverContext,
         ts: float,
-        keep: list[Any],
+        keep: list[FoundObject],
         snapshot: bytes | None,
         size: tuple[int, int],
     ) -> None:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    from drivers.api import FoundObject
     from drivers.camera.driver import SnapshotConfig
 
 
 def encode_snapshot(
-    frame: npt.NDArray[np.uint8], found: list[Any], cfg: SnapshotConfig
+    frame: npt.NDArray[np.uint8], found: list[FoundObject], cfg: SnapshotConfig
 ) -> bytes | None:
     """A JPEG of `frame` under `cfg.max_bytes`, boxes drawn (blocking: run in a thread)."""
     image = frame

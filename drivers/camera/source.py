@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from drivers.api import backoff
+
 logger = logging.getLogger(__name__)
 
 Frame = npt.NDArray[np.uint8]
@@ -130,7 +132,7 @@ class FrameSource:
                 attempt = 0 if self._read_all(cap) else attempt
                 cap.release()
             attempt += 1
-            self._stop.wait(min(self.reconnect_max, 0.5 * 2 ** min(attempt - 1, 10)))
+            self._stop.wait(backoff(attempt, first=0.5, cap=self.reconnect_max))
 
     def _read_all(self, cap: cv2.VideoCapture) -> bool:
         """Read until the source ends or stalls; True if it delivered anything.

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pymodbus.client.mixin import ModbusClientMixin
 
+from drivers.api import Value
 from drivers.modbus.profile import INT_RANGES, DataType, Point, Profile
-from gateway.records import Value
 
 _DT = ModbusClientMixin.DATATYPE
 _PYMODBUS_TYPE = {

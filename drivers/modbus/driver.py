@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.api import Driver, DriverConfig, DriverContext, WriteError
+from drivers.api import (
+    ConfigFileError,
+    Driver,
+    DriverConfig,
+    DriverContext,
+    Duration,
+    ProfileRef,
+    Quality,
+    Value,
+    WriteError,
+    backoff,
+)
 from drivers.modbus.codec import BlockDecoder, EncodeError, encode
 from drivers.modbus.line import (
     ExceptionCodeError,
@@ -32,8 +41,6 @@ from drivers.modbus.line import (
 from drivers.modbus.planner import ReadBlock, plan
 from drivers.modbus.profile import DataType, Point, Profile, ProfileError, Table, load_profile
 from drivers.report import ReportConfig, Reporter
-from gateway.config import Duration
-from gateway.records import Quality, Value
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +77,7 @@ class ModbusConfig(DriverConfig):
     """A Modbus device: which profile, where, and how often to read it."""
 
     type: Literal["modbus"] = Field(description="Driver type.")
-    profile: str = Field(
+    profile: ProfileRef = Field(
         description="Shipped profile name (e.g. manhole_cover) or path to a profile YAML."
     )
     unit: int = Field(ge=0, le=255, description="Modbus unit (slave) id.")
@@ -97,31 +104,23 @@ class ModbusConfig(DriverConfig):
     )
     report: ReportConfig = Field(default_factory=ReportConfig, description="When to report.")
 
-    @field_validator("profile")
-    @classmethod
-    def _profile_path(cls, value: str, info: ValidationInfo) -> str:
-        """Make a relative profile path relative to the config file, not the cwd."""
-        base = (info.context or {}).get("config_dir")
-        if base and ("/" in value or value.endswith((".yaml", ".yml"))):
-            path = Path(value)
-            if not path.is_absolute():
-                return str(Path(base) / path)
-        return value
-
-    @model_validator(mode="after")
-    def _check_profile(self) -> Self:
+    def load_files(self) -> None:
         try:
             profile = load_profile(self.profile)
         except ProfileError as exc:
-            raise ValueError(str(exc)) from None
+            raise ConfigFileError("profile", str(exc)) from None
         names = set(profile.points)
         wanted = [*(self.points or []), *(p for g in self.poll_groups for p in g.points)]
         unknown = sorted({p for p in wanted if p not in names})
         if unknown:
-            raise ValueError(
+            raise ConfigFileError(
+                "points" if self.points else "poll_groups",
                 f"unknown point(s) {', '.join(unknown)} in profile {profile.name} "
-                f"(points: {', '.join(sorted(names))})"
+                f"(points: {', '.join(sorted(names))})",
             )
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> Self:
         if self.points is not None:
             outside = sorted({p for g in self.poll_groups for p in g.points} - set(self.points))
             if outside:
@@ -357,7 +356,7 @@ class ModbusDriver(Driver):
 
     def _went_offline(self, ctx: DriverContext, exc: Exception) -> None:
         self._failures += 1
-        delay = min(OFFLINE_BACKOFF_MAX, 2.0 ** (self._failures - 1)) * random.uniform(0.75, 1.0)
+        delay = backoff(self._failures, first=1.0, cap=OFFLINE_BACKOFF_MAX)
         self._retry_at = ctx.clock.monotonic() + delay
         if self.online is not False:
             self.online = False

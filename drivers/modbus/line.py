@@ -19,7 +19,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from gateway.cancel import raise_if_cancelling
+from drivers.api import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import itertools
 import re
 from enum import StrEnum
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.yamlsource import SourceError, load_model
+from drivers.profiles import ProfileLoader
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
@@ -268,40 +267,18 @@ class ProfileError(ValueError):
     """A profile could not be found or is invalid; the message says where and why."""
 
 
+_LOADER = ProfileLoader(Profile, PROFILE_DIR, kind="profile", error=ProfileError)
+
+
 def shipped_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    return _LOADER.shipped()
 
 
 def resolve(ref: str, base_dir: Path | None = None) -> Path:
     """Path of profile `ref`: a shipped name, or a path (relative to `base_dir`)."""
-    if "/" not in ref and not ref.endswith((".yaml", ".yml")):
-        path = PROFILE_DIR / f"{ref}.yaml"
-        if not path.exists():
-            raise ProfileError(
-                f"no shipped profile {ref!r} (shipped: {', '.join(shipped_profiles())}); "
-                "or give a path to your own profile file"
-            )
-        return path
-    path = Path(ref)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    return path
-
-
-@lru_cache(maxsize=64)
-def _load(path: Path, mtime: float) -> Profile:
-    del mtime  # part of the cache key: an edited file is read again
-    try:
-        return load_model(path, Profile)
-    except SourceError as exc:
-        raise ProfileError(f"profile {exc}") from None
+    return _LOADER.resolve(ref, base_dir)
 
 
 def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
     """Load (cached) the profile named or located by `ref`."""
-    path = resolve(ref, base_dir)
-    try:
-        mtime = path.stat().st_mtime
-    except OSError as exc:
-        raise ProfileError(f"profile {path}: {exc.strerror}") from None
-    return _load(path, mtime)
+    return _LOADER.load(ref, base_dir)

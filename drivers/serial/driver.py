@@ -8,16 +8,23 @@ parse (wrong baud rate, noise), is reported offline. Each change is reported onc
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import Counter
-from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
 import serial
 import serial_asyncio_fast
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field
 
-from drivers.api import Driver, DriverConfig, DriverContext
+from drivers.api import (
+    ConfigFileError,
+    Driver,
+    DriverConfig,
+    DriverContext,
+    Duration,
+    ProfileRef,
+    Quality,
+    backoff,
+)
 from drivers.report import ReportConfig, Reporter
 from drivers.serial.framing import BinaryFramer, LineFramer
 from drivers.serial.parser import FrameParser, Rejected
@@ -27,15 +34,13 @@ from drivers.serial.profile import (
     SerialProfileError,
     load_serial_profile,
 )
-from gateway.config import Duration
-from gateway.records import Quality
 
 
 class SerialConfig(DriverConfig):
     """A device on a serial port, described by a serial profile."""
 
     type: Literal["serial"] = Field(description="Driver type.")
-    profile: str = Field(
+    profile: ProfileRef = Field(
         description="Shipped serial profile (nmea_gps, rain_gauge, weather_csv, pms5003) "
         "or a path to your own."
     )
@@ -54,23 +59,11 @@ class SerialConfig(DriverConfig):
     )
     report: ReportConfig = Field(default_factory=ReportConfig, description="When to report.")
 
-    @field_validator("profile")
-    @classmethod
-    def _profile_path(cls, value: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("config_dir")
-        if base and ("/" in value or value.endswith((".yaml", ".yml"))):
-            path = Path(value)
-            if not path.is_absolute():
-                return str(Path(base) / path)
-        return value
-
-    @model_validator(mode="after")
-    def _check_profile(self) -> Self:
+    def load_files(self) -> None:
         try:
             load_serial_profile(self.profile)
         except SerialProfileError as exc:
-            raise ValueError(str(exc)) from None
-        return self
+            raise ConfigFileError("profile", str(exc)) from None
 
 
 def make_framer(profile: SerialProfile) -> LineFramer | BinaryFramer:
@@ -137,8 +130,7 @@ class SerialDriver(Driver):
                     writer.close()
                 self._offline(ctx, reason)
             attempt += 1
-            delay = min(self.cfg.reconnect_max, 0.5 * 2 ** min(attempt - 1, 10))
-            await ctx.clock.sleep(delay * random.uniform(0.75, 1.0))
+            await ctx.clock.sleep(backoff(attempt, first=0.5, cap=self.cfg.reconnect_max))
 
     async def _read(self, ctx: DriverContext, reader: asyncio.StreamReader) -> None:
         """Read until the port closes; report silence and garbage as offline."""

@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.api import Value
 from drivers.serial import nmea
 from drivers.serial.profile import (
     NMEA_POINTS,
@@ -19,7 +20,6 @@ from drivers.serial.profile import (
     SerialPoint,
     SerialProfile,
 )
-from gateway.records import Value
 
 _BINARY = {
     "uint8": "B",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.yamlsource import SourceError, load_model
+from drivers.profiles import ProfileLoader
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
@@ -158,34 +157,16 @@ class SerialProfileError(ValueError):
     """A serial profile could not be found or is invalid."""
 
 
+_LOADER = ProfileLoader(SerialProfile, PROFILE_DIR, kind="serial profile", error=SerialProfileError)
+
+
 def shipped_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-
-
-@lru_cache(maxsize=32)
-def _load(path: Path, mtime: float) -> SerialProfile:
-    del mtime  # part of the cache key: an edited file is read again
-    try:
-        return load_model(path, SerialProfile)
-    except SourceError as exc:
-        raise SerialProfileError(f"profile {exc}") from None
+    return _LOADER.shipped()
 
 
 def load_serial_profile(ref: str) -> SerialProfile:
     """A shipped profile by name, or a profile file by path."""
-    if "/" not in ref and not ref.endswith((".yaml", ".yml")):
-        path = PROFILE_DIR / f"{ref}.yaml"
-        if not path.exists():
-            raise SerialProfileError(
-                f"no shipped serial profile {ref!r} (shipped: {', '.join(shipped_profiles())})"
-            )
-    else:
-        path = Path(ref)
-    try:
-        mtime = path.stat().st_mtime
-    except OSError as exc:
-        raise SerialProfileError(f"profile {path}: {exc.strerror}") from None
-    return _load(path, mtime)
+    return _LOADER.load(ref)
 
 
 def nmea_point_defaults() -> dict[str, Any]:

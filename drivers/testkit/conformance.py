@@ -3,52 +3,119 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar, TypeVar, get_args
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from drivers.api import Driver, DriverConfig, WriteError, compatible
-from gateway.bus import Bus
-from gateway.clock import SystemClock
-from gateway.devices import DeviceContext, SharedResources
-from gateway.records import Event, Quality, Reading
+from drivers.api import (
+    Clock,
+    ConfigFileError,
+    Detection,
+    Driver,
+    DriverConfig,
+    DriverContext,
+    Event,
+    FoundObject,
+    Quality,
+    Reading,
+    SystemClock,
+    Value,
+    WriteError,
+    compatible,
+)
+from drivers.sharing import SharedResources
+
+T = TypeVar("T")
 
 
-class RecordingContext(DeviceContext):
-    """A real driver context whose readings and state changes are kept for checks."""
+class RecordingContext(DriverContext):
+    """A driver context that keeps what the driver publishes and reports, for checks."""
 
-    def __init__(self, device_id: str, driver_type: str) -> None:
-        self.bus = Bus()
-        self.sub = self.bus.subscribe("testkit", maxsize=100_000)
-        super().__init__(
-            node_id="testkit-node",
-            device_id=device_id,
-            bus=self.bus,
-            clock=SystemClock(),
-            shared=SharedResources(),
-            driver_type=driver_type,
-        )
+    def __init__(self, device_id: str, driver_type: str, node_id: str = "testkit-node") -> None:
+        self._node_id = node_id
+        self._device_id = device_id
+        self._logger = logging.getLogger(f"drivers.{driver_type}.{device_id}")
+        self._clock = SystemClock()
+        self._shared = SharedResources()
         self.records: list[Reading | Event] = []
+        self.detections: list[tuple[Detection, bytes | None]] = []
+        self.online: bool | None = None
 
-    def drain(self) -> None:
-        while (record := self.sub.get_nowait()) is not None:
-            if isinstance(record, Reading | Event):
-                self.records.append(record)
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def device_id(self) -> str:
+        return self._device_id
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def reading(
+        self,
+        point: str,
+        value: Value,
+        *,
+        unit: str | None = None,
+        quality: Quality = Quality.GOOD,
+        ts: datetime | None = None,
+    ) -> Reading:
+        return Reading(
+            device=self._device_id,
+            point=point,
+            value=value,
+            unit=unit,
+            quality=quality,
+            ts=ts or self._clock.now(),
+            node=self._node_id,
+        )
+
+    async def publish(self, reading: Reading) -> None:
+        self.records.append(reading)
+
+    def set_online(self, online: bool, reason: str = "") -> None:
+        if online == self.online:
+            return
+        self.online = online
+        self.records.append(
+            Event(
+                kind="device.online" if online else "device.offline",
+                source=self._device_id,
+                message=reason,
+                node=self._node_id,
+            )
+        )
+
+    def shared(
+        self, key: str, factory: Callable[[], Awaitable[T]]
+    ) -> AbstractAsyncContextManager[T]:
+        return self._shared.use(key, factory)
+
+    async def infer(self, model: str, image: Any) -> list[FoundObject]:
+        raise LookupError(f"model {model!r}: the conformance kit runs no models")
+
+    async def publish_detection(self, detection: Detection, snapshot: bytes | None = None) -> None:
+        self.detections.append((detection, snapshot))
 
     @property
     def readings(self) -> list[Reading]:
-        self.drain()
         return [r for r in self.records if isinstance(r, Reading)]
 
     @property
     def states(self) -> list[str]:
-        self.drain()
         return [r.kind for r in self.records if isinstance(r, Event)]
 
 
@@ -87,7 +154,8 @@ class DriverConformance:
         raise NotImplementedError
 
     def invalid_configs(self) -> list[dict[str, Any]]:
-        """Configs the driver's model must refuse (beyond the generic checks)."""
+        """Configs the driver must refuse, when validated or when their files load
+        (beyond the generic checks)."""
         return []
 
     # --- helpers -----------------------------------------------------------------------
@@ -147,14 +215,15 @@ class DriverConformance:
 
     async def test_config_refuses_unknown_keys_and_invalid_values(self) -> None:
         async with self.device() as good:
-            self._config(good)
+            self._config(good).load_files()  # the files it names (profiles) load too
             with pytest.raises(ValidationError):
                 self._config({**good, "no_such_key": 1})
             with pytest.raises(ValidationError):
                 self._config({**good, "type": "not-" + self.driver.type})
             for bad in self.invalid_configs():
-                with pytest.raises(ValidationError):
-                    self._config(bad)
+                # refused by validation, or when the files it names are loaded
+                with pytest.raises((ValidationError, ConfigFileError)):
+                    self._config(bad).load_files()
 
     async def test_publishes_well_formed_readings_and_stops_promptly(self) -> None:
         async with self.device() as data:

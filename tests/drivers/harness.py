@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.api import Driver
+from drivers.sharing import SharedResources
 from gateway.bus import Bus
-from gateway.clock import SystemClock
-from gateway.devices import DeviceContext, SharedResources
-from gateway.records import Event, Reading, Record
+from gateway.devices import DeviceContext
+from gateway.kernel.clock import SystemClock
+from gateway.kernel.records import Event, Reading, Record
 from gateway.snapshots import SnapshotStore
 
 

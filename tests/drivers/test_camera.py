@@ -22,7 +22,7 @@ from drivers.camera.source import FrameSource
 from firmware_sim.broker import free_port
 from firmware_sim.camera import CameraServer, street
 from gateway.config import ConfigError, load_config
-from gateway.records import Detection
+from gateway.kernel.records import Detection
 from gateway.snapshots import SnapshotStore
 from models.registry import ModelRegistry
 from tests.drivers.harness import Harness, run_drivers

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from firmware_sim.road import HEIGHT, WIDTH, box_of, drive, render, street
-from gateway.geo import distance_m
+from gateway.kernel.geo import distance_m
 
 
 def test_the_same_seed_gives_the_same_street_and_frames() -> None:

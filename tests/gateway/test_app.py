@@ -7,8 +7,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import NodeConfig, NodeSection
+from gateway.kernel.records import Event, Reading
 from gateway.plugins import DriverRegistry
-from gateway.records import Event, Reading
 from gateway.supervisor import ComponentGaveUp, RestartPolicy
 from tests.helpers import CounterConfig, CounterDriver, GaugeConfig, GaugeDriver, Recorder
 

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from gateway.bus import Bus, DropPolicy
-from gateway.records import Event, Reading
+from gateway.kernel.records import Event, Reading
 
 
 def reading(n: int, device: str = "d1") -> Reading:

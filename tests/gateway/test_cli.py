@@ -14,7 +14,7 @@ import pytest
 
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.road import street
-from gateway.geo import distance_m
+from gateway.kernel.geo import distance_m
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = [sys.executable, "-m", "gateway.cli"]
@@ -29,7 +29,7 @@ def cli(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedPr
 def test_version() -> None:
     result = cli("version")
     assert result.returncode == 0
-    assert result.stdout.startswith("cityneuron 0.1.0 (driver API 1.1")
+    assert result.stdout.startswith("cityneuron 0.1.0 (driver API 2.0")
 
 
 def test_check_config_accepts_the_example_with_one_summary_line() -> None:
@@ -71,7 +71,7 @@ def test_check_config_lists_every_problem_with_its_line(tmp_path: Path) -> None:
         "and indentation)"
     )
     assert lines[1].startswith(f"error: {path}:8:5: devices[0].unit: Input should be less than")
-    assert lines[2].startswith(f"error: {path}:10:5: devices[1]: Value error, no shipped profile")
+    assert lines[2].startswith(f"error: {path}:12:5: devices[1].profile: no shipped profile")
     assert len(lines) == 3
 
 

@@ -30,15 +30,15 @@ from gateway.config import (
     TlsSection,
     load_config,
 )
-from gateway.geo import distance_m, move
 from gateway.inspection import (
     Defect,
     DefectStore,
     InspectionService,
     InspectionSettings,
 )
+from gateway.kernel.geo import distance_m, move
+from gateway.kernel.records import Detection, Reading, Severity
 from gateway.location import LocationService
-from gateway.records import Detection, Reading, Severity
 from gateway.snapshots import SnapshotStore
 from tests.gateway.test_mqtt_contract import schema
 from tests.mqtt import collect, command

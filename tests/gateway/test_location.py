@@ -20,9 +20,9 @@ from gateway.config import (
     OutboxSection,
     TlsSection,
 )
-from gateway.geo import distance_m, move
+from gateway.kernel.geo import distance_m, move
+from gateway.kernel.records import Event, Reading, Severity
 from gateway.location import LocationService
-from gateway.records import Event, Reading, Severity
 from tests.mqtt import collect
 
 

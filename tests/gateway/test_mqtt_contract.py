@@ -13,7 +13,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from firmware_sim.broker import MosquittoBroker
-from gateway.records import Event, Severity
+from gateway.kernel.records import Event, Severity
 from tests.gateway.test_uplink import config, running
 from tests.helpers import CounterConfig
 from tests.mqtt import collect

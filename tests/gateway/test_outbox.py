@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from gateway.bus import Bus
+from gateway.kernel.component import Ready
+from gateway.kernel.records import Event, Reading, Severity
 from gateway.outbox import Outbox, OutboxStore, Priority, pack
-from gateway.records import Event, Reading, Severity
-from gateway.supervisor import Ready
 
 
 def readings(device: str, n: int, start: int = 0) -> list[Reading]:

@@ -28,7 +28,7 @@ class FutureConfig(DriverConfig):
 class Future(Good):
     type = "future"
     config_model = FutureConfig
-    api_version: ClassVar[str] = "2.0"
+    api_version: ClassVar[str] = "3.0"
 
 
 class WrongTag(Good):
@@ -45,7 +45,7 @@ def test_builtin_drivers_are_loaded() -> None:
     ("candidate", "reason"),
     [
         (object, "is not a subclass of drivers.api.Driver"),
-        (Future, "written for driver API 2.0, this gateway offers 1.1"),
+        (Future, "written for driver API 3.0, this node offers 2.0"),
         (WrongTag, "config_model.type must be annotated Literal['wrongtag']"),
     ],
 )

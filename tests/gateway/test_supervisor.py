@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.supervisor import ComponentGaveUp, ComponentState, Ready, RestartPolicy, Supervisor
+from gateway.kernel.component import ComponentState, Ready
+from gateway.supervisor import ComponentGaveUp, RestartPolicy, Supervisor
 
 
 class ManualClock:

@@ -22,7 +22,7 @@ async def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
         )
         gw = Gateway(config)
         gw.systemd = SystemdNotifier(
-            gw, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
+            gw.state, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
         )
         gw.components.insert(0, gw.systemd)
         async with asyncio.TaskGroup() as tg:

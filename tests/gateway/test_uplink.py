@@ -14,8 +14,8 @@ from paho.mqtt.properties import Properties
 from firmware_sim.broker import MosquittoBroker
 from gateway.app import Gateway
 from gateway.config import MqttSection, NodeConfig, NodeSection, OutboxSection, TlsSection
+from gateway.kernel.records import Event, Severity
 from gateway.plugins import DriverRegistry
-from gateway.records import Event, Severity
 from tests.helpers import CounterConfig, CounterDriver
 from tests.mqtt import collect, readings_of
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.bus import Bus
 from gateway.commands import CommandError
-from gateway.records import Reading
+from gateway.kernel.records import Reading
+from gateway.rules_host import RuleCommands
 from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
 from rules.signing import generate, load_private, load_public, public_text, sign
@@ -32,9 +32,24 @@ def keys() -> dict[str, Ed25519PrivateKey]:
     return {name: load_private(generate()[0]) for name in ("ops-1", "ops-2", "rogue")}
 
 
-def deployer(tmp_path: Path, keys: dict[str, Ed25519PrivateKey], **kw: object) -> RuleDeployer:
+class Deployment(RuleCommands):
+    """The node's rules.* commands over a deployer, as the uplink calls them."""
+
+    @property
+    def engine(self) -> RuleEngine:
+        assert isinstance(self.deployer.engine, RuleEngine)
+        return self.deployer.engine
+
+    @property
+    def store(self) -> RuleStore:
+        assert isinstance(self.deployer.store, RuleStore)
+        return self.deployer.store
+
+
+def deployer(tmp_path: Path, keys: dict[str, Ed25519PrivateKey], **kw: object) -> Deployment:
     trusted = {name: load_public(_pub(keys[name])) for name in ("ops-1", "ops-2")}
-    return RuleDeployer(RuleEngine(Bus()), RuleStore(tmp_path / "rules"), trusted=trusted, **kw)  # type: ignore[arg-type]
+    store = RuleStore(tmp_path / "rules")
+    return Deployment(RuleDeployer(RuleEngine(), store, trusted=trusted, **kw))  # type: ignore[arg-type]
 
 
 def _pub(key: Ed25519PrivateKey) -> str:
@@ -45,7 +60,7 @@ def signed(text: str, keys: dict[str, Ed25519PrivateKey], key: str = "ops-1") ->
     return {"bundle": text, "signature": sign(text.encode(), keys[key]), "key": key}
 
 
-def fires(d: RuleDeployer) -> bool:
+def fires(d: Deployment) -> bool:
     d.engine.on_reading(Reading(device="manhole-1", point="lid_open", value=False), now=0)
     d.engine.on_reading(Reading(device="manhole-1", point="lid_open", value=True), now=1)
     return any(e.kind == "alarm.manhole_open" for e in d.engine.take_events())
@@ -55,7 +70,7 @@ async def test_signed_bundle_is_deployed_persisted_and_reloaded(
     tmp_path: Path, keys: dict[str, Ed25519PrivateKey]
 ) -> None:
     d = deployer(tmp_path, keys)
-    reply = await d.cmd_deploy(signed(V1.format(version=1), keys))
+    reply = await d.deploy(signed(V1.format(version=1), keys))
     assert reply == {
         "version": 1,
         "previous_version": None,
@@ -65,7 +80,7 @@ async def test_signed_bundle_is_deployed_persisted_and_reloaded(
     }
     assert fires(d)
     restarted = deployer(tmp_path, keys)
-    restarted.load_stored()
+    restarted.deployer.load_stored()
     assert restarted.engine.version == 1
     assert fires(restarted)
 
@@ -130,10 +145,10 @@ async def test_refusals_are_precise_and_the_old_rules_keep_firing(
     tmp_path: Path, keys: dict[str, Ed25519PrivateKey], make: object, code: str, message: str
 ) -> None:
     d = deployer(tmp_path, keys)
-    await d.cmd_deploy(signed(V1.format(version=1), keys))
+    await d.deploy(signed(V1.format(version=1), keys))
     d.engine.on_reading(Reading(device="manhole-1", point="lid_open", value=False), now=0)
     with pytest.raises(CommandError) as info:
-        await d.cmd_deploy(make(keys))  # type: ignore[operator]
+        await d.deploy(make(keys))  # type: ignore[operator]
     assert info.value.code == code
     assert message in info.value.message
     assert d.engine.version == 1
@@ -145,20 +160,20 @@ async def test_key_rotation_rollback_and_no_replay_after_rollback(
     tmp_path: Path, keys: dict[str, Ed25519PrivateKey]
 ) -> None:
     d = deployer(tmp_path, keys)
-    await d.cmd_deploy(signed(V1.format(version=1), keys, "ops-1"))
+    await d.deploy(signed(V1.format(version=1), keys, "ops-1"))
     v2 = V1.format(version=2).replace("manhole_open", "lid")
-    reply = await d.cmd_deploy(signed(v2, keys, "ops-2"))  # the new key is trusted too
+    reply = await d.deploy(signed(v2, keys, "ops-2"))  # the new key is trusted too
     assert reply["previous_version"] == 1
-    assert await d.cmd_rollback({}) == {"version": 1, "rolled_back_from": 2}
+    assert await d.rollback({}) == {"version": 1, "rolled_back_from": 2}
     assert d.engine.version == 1
     with pytest.raises(CommandError, match="not newer than 2"):
-        await d.cmd_deploy(signed(v2, keys, "ops-2"))  # a replay of v2 is still refused
-    status = await d.cmd_status({})
+        await d.deploy(signed(v2, keys, "ops-2"))  # a replay of v2 is still refused
+    status = await d.status({})
     assert status["version"] == 1
     assert status["max_version"] == 2
     fresh = deployer(tmp_path / "other", keys)
     with pytest.raises(CommandError) as info:
-        await fresh.cmd_rollback({})
+        await fresh.rollback({})
     assert info.value.code == "no_previous"
 
 
@@ -166,14 +181,14 @@ async def test_a_tampered_stored_bundle_is_not_run(
     tmp_path: Path, keys: dict[str, Ed25519PrivateKey]
 ) -> None:
     d = deployer(tmp_path, keys)
-    await d.cmd_deploy(signed(V1.format(version=1), keys))
-    await d.cmd_deploy(signed(V1.format(version=2), keys))
+    await d.deploy(signed(V1.format(version=1), keys))
+    await d.deploy(signed(V1.format(version=2), keys))
     current = tmp_path / "rules" / "current.json"
     data = json.loads(current.read_text())
     data["text"] = data["text"].replace("lid_open", "true")
     current.write_text(json.dumps(data))
     restarted = deployer(tmp_path, keys)
-    restarted.load_stored()
+    restarted.deployer.load_stored()
     assert restarted.engine.version == 1  # fell back to the previous, still verified bundle
 
 
@@ -182,7 +197,7 @@ async def test_missing_data_is_reported_not_refused(
 ) -> None:
     d = deployer(tmp_path, keys)
     d.engine.on_reading(Reading(device="manhole-1", point="tilt", value=1.0), now=0)
-    reply = await d.cmd_deploy(signed(V1.format(version=1), keys))
+    reply = await d.deploy(signed(V1.format(version=1), keys))
     assert reply["missing_data"] == [
         {"rule": "lid-open", "device": "manhole-1", "holds": None, "missing": "lid_open"}
     ]

@@ -7,15 +7,14 @@ from typing import Any
 
 import pytest
 
-from gateway.bus import Bus
-from gateway.records import Detection, Event, Reading, Severity
+from gateway.kernel.records import Detection, Event, Reading, Severity
 from rules.bundle import parse_bundle
 from rules.compiler import compile_bundle
 from rules.engine import RuleEngine
 
 
 def engine(yaml_rules: str, **kw: Any) -> RuleEngine:
-    e = RuleEngine(Bus(), node="n1", **kw)
+    e = RuleEngine(node="n1", **kw)
     e.swap(compile_bundle(parse_bundle(f"version: 1\nname: t\nrules:\n{yaml_rules}")))
     return e
 
@@ -270,11 +269,6 @@ def test_swap_keeps_state_of_unchanged_rules_only() -> None:
 
 
 def test_write_action_and_dry_run() -> None:
-    writes: list[tuple[str, str, Any]] = []
-
-    async def writer(device: str, point: str, value: Any) -> None:
-        writes.append((device, point, value))
-
     e = engine(
         """
   - id: fan
@@ -282,8 +276,7 @@ def test_write_action_and_dry_run() -> None:
     when: pm10 > 100
     event: {kind: fan_on}
     write: {point: fan_on, value: true}
-""",
-        writer=writer,
+"""
     )
     feed(e, "site-dust", 0, pm10=150)
     assert e.take_writes() == [("site-dust", "fan_on", True, "fan")]

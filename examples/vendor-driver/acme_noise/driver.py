@@ -8,8 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from drivers.api import Driver, DriverConfig, DriverContext, WriteError
-from gateway.config import Duration
+from drivers.api import Driver, DriverConfig, DriverContext, Duration, WriteError
 
 UNITS = {"LAeq": "dBA", "LAmax": "dBA"}
 
@@ -29,7 +28,7 @@ class AcmeSlmDriver(Driver):
 
     type = "acme_slm"
     config_model = AcmeSlmConfig
-    api_version = "1.0"
+    api_version = "2.0"
 
     async def run(self, ctx: DriverContext) -> None:
         cfg = self.config

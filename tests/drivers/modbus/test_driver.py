@@ -11,7 +11,7 @@ from drivers.modbus.profile import Table, load_profile
 from firmware_sim.city import ManholeCover, RiverGauge
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 from firmware_sim.pty import PtyPair
-from gateway.records import Quality
+from gateway.kernel.records import Quality
 from tests.drivers.modbus.conftest import modbus_config, running
 
 

@@ -12,7 +12,7 @@ import pytest
 from drivers.modbus.profile import Profile, load_profile
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 from firmware_sim.pty import PtyPair
-from gateway.records import Quality
+from gateway.kernel.records import Quality
 from tests.drivers.modbus.conftest import modbus_config, running
 
 TYPES: dict[str, Any] = {

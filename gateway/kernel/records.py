@@ -81,7 +81,7 @@ class Reading:
             "value": self.value,
             "unit": self.unit,
             "quality": self.quality.value,
-            "ts": _iso(self.ts),
+            "ts": iso_time(self.ts),
         }
 
 
@@ -111,7 +111,7 @@ class Detection:
             "box": [round(v, 1) for v in self.box],
             "frame_id": self.frame_id,
             "frame_size": list(self.frame_size) if self.frame_size else None,
-            "ts": _iso(self.ts),
+            "ts": iso_time(self.ts),
         }
 
 
@@ -143,7 +143,7 @@ class Event:
             "data": self.data,
             "location": self.location,
             "snapshot": self.snapshot,
-            "ts": _iso(self.ts),
+            "ts": iso_time(self.ts),
         }
 
 
@@ -157,5 +157,6 @@ def stamp(record: Record, node: str) -> Record:
     return dataclasses.replace(record, node=node)
 
 
-def _iso(ts: datetime) -> str:
+def iso_time(ts: datetime) -> str:
+    """`ts` as UTC ISO 8601 with milliseconds and a ``Z``: the one time format on the wire."""
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

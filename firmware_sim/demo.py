@@ -29,6 +29,7 @@ from firmware_sim.pty import PtyPair
 from firmware_sim.road import StreetRoute, street, write_video
 from firmware_sim.serial_devices import GpsReceiver, RainGauge
 from gateway.config import ConfigError, load_config
+from gateway.kernel.records import Reading
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -328,3 +329,28 @@ def run_demo(duration: float | None = None, workdir: Path | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def simulated_readings(seconds: float) -> list[tuple[float, Reading]]:
+    """The demo's devices read once a second for `seconds` (``rules test --simulate``)."""
+    out: list[tuple[float, Reading]] = []
+    for step in range(int(seconds) + 1):
+        t = float(step)
+        for device, _profile, _unit, sensor in DEVICES:
+            for point, value in sensor(t).items():
+                out.append((t, Reading(device=device, point=point, value=value)))
+    return out
+
+
+def add_parser(sub: Any) -> None:
+    """The ``cityneuron demo`` command (entry point of cityneuron.commands)."""
+    p = sub.add_parser(
+        "demo", help="run a simulated node with a local broker and show what it sends"
+    )
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--workdir", help="directory for the demo's state (a temporary one if unset)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: Any) -> int:
+    return run_demo(duration=args.duration, workdir=Path(args.workdir) if args.workdir else None)

@@ -4,7 +4,7 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-from gateway.records import Detection, Event, Reading, Severity, id_time, new_id, stamp
+from gateway.kernel.records import Detection, Event, Reading, Severity, id_time, new_id, stamp
 
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 

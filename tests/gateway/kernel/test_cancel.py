@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from gateway.cancel import raise_if_cancelling
+from gateway.kernel.cancel import raise_if_cancelling
 
 
 async def test_a_swallowed_cancellation_is_raised_again() -> None:
