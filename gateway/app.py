@@ -67,8 +67,10 @@ from rules.store import RuleStore
 
 CORE = frozenset({"outbox", "uplink", "rules"})  # the components whose failure ends the node
 
-# everything else is restarted for as long as the node runs, at most a minute apart
+# everything else is restarted for as long as the node runs, at most a minute apart; a
+# driver that then runs for 10 s has recovered
 RESTART_FOREVER = RestartPolicy(give_up=False)
+RESTART_DRIVER = RestartPolicy(give_up=False, stable_after=10.0)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class Gateway:
         self.shared = SharedResources()
         self.registry = registry or load_drivers()
         self.restart_policy = restart_policy or RestartPolicy()
-        self.driver_policy = driver_policy or RESTART_FOREVER
+        self.driver_policy = driver_policy or RESTART_DRIVER
         self.state = NodeState(config.node.id)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -355,7 +357,12 @@ class Gateway:
     def _supervisor(self, component: Component) -> Supervisor:
         if isinstance(component, DriverComponent):
             return Supervisor(
-                component, self.driver_policy, clock=self.clock, core=False, recover_on_ready=False
+                component,
+                self.driver_policy,
+                clock=self.clock,
+                core=False,
+                recover_on_ready=False,
+                on_recovered=component.ctx.driver_recovered,
             )
         core = component.name in CORE
         policy = self.restart_policy if core else RESTART_FOREVER
@@ -425,6 +432,8 @@ class Gateway:
         if task.done():
             return
         task.cancel()
-        done, _ = await asyncio.wait((task,), timeout=self.stop_timeout)
+        # a driver's own stop is bounded by the same timeout (run_abandonable): a little
+        # longer here, so that the driver is abandoned rather than waited for twice
+        done, _ = await asyncio.wait((task,), timeout=self.stop_timeout + 1.0)
         if not done:
             logger.error("component %s did not stop within %gs", sup.name, self.stop_timeout)

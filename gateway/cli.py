@@ -194,11 +194,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    from gateway import runner  # noqa: PLC0415
     from gateway.logs import setup_logging  # noqa: PLC0415
+    from gateway.supervisor import abandoned  # noqa: PLC0415
 
     setup_logging(args.log_level or config.log.level, config.log.format)
     try:
-        asyncio.run(_run_gateway(config))
+        runner.run(_run_gateway(config), abandoned=abandoned)
     except Exception as exc:
         for error in _leaves(exc):
             logger.critical("node stopped on error: %s", error, exc_info=error)

@@ -47,6 +47,7 @@ class DeviceContext(DriverContext):
         self.online: bool | None = None
         self.reason = ""
         self.failed = False  # offline because the driver itself failed
+        self._after_failure: tuple[bool, str] | None = None  # what it reported since
         self.published = 0
         self.detections = 0
         self._models = models
@@ -88,13 +89,17 @@ class DeviceContext(DriverContext):
         )
 
     async def publish(self, reading: Reading) -> None:
-        if self.failed:
-            self.set_online(True)  # a restarted driver that reads again has recovered
+        if self.failed and self._after_failure is None:
+            self._after_failure = (True, "")  # it reads again
         self.published += 1
         await self._bus.publish(stamp(reading, self._node_id))
 
     def set_online(self, online: bool, reason: str = "") -> None:
-        self.failed = False
+        if self.failed:
+            # after a failure the node speaks for the device until the restarted driver
+            # has run a while (`driver_recovered`): no online/offline flapping meanwhile
+            self._after_failure = (online, reason)
+            return
         if online == self.online:
             return
         first = self.online is None
@@ -134,10 +139,20 @@ class DeviceContext(DriverContext):
         await self._bus.publish(stamp(detection, self._node_id))
 
     def driver_failed(self, reason: str) -> None:
-        """The driver raised: its device is offline (reported once) until it reads again."""
-        if self.online is not False:
+        """The driver raised: its device is offline (reported once, with the error)."""
+        if not self.failed:
             self.set_online(False, reason)
-        self.failed = True
+            self.failed = True
+        self._after_failure = None
+
+    def driver_recovered(self) -> None:
+        """The restarted driver has run a while: report what it says of its device."""
+        if not self.failed:
+            return
+        self.failed = False
+        if self._after_failure is not None:
+            self.set_online(*self._after_failure)
+            self._after_failure = None
 
 
 class DriverComponent:

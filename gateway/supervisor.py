@@ -88,6 +88,7 @@ class Supervisor:
         rng: random.Random | None = None,
         core: bool = True,
         recover_on_ready: bool = True,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self.component = component
         self.policy = policy or RestartPolicy()
@@ -95,6 +96,7 @@ class Supervisor:
         # False for components that say ready at once (a driver): only running for
         # `stable_after` seconds shows that a restart helped
         self.recover_on_ready = recover_on_ready
+        self.on_recovered = on_recovered or _nothing
         self.clock = clock or SystemClock()
         self.state = ComponentState.STARTING
         self.started = asyncio.Event()
@@ -158,6 +160,7 @@ class Supervisor:
             logger.info("component %s recovered after %d failure(s)", self.name, self._streak)
             self._streak = 0
             self._failing_since = None
+            self.on_recovered()
             self.on_change()
 
     def _failed(self, exc: Exception) -> float:
