@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -199,6 +200,10 @@ class Driver(abc.ABC):
     type: ClassVar[str]
     config_model: ClassVar[builtins.type[DriverConfig]]
     api_version: ClassVar[str] = API_VERSION
+    # modules it imports only when it runs, which a node may lack, and how to get them:
+    # a config using the driver where they are missing is refused with that hint
+    requires: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str] = ""
 
     def __init__(self, config: DriverConfig) -> None:
         self.config = config
@@ -206,6 +211,11 @@ class Driver(abc.ABC):
     @property
     def device_id(self) -> str:
         return self.config.id
+
+    @classmethod
+    def missing_modules(cls) -> list[str]:
+        """Those of `requires` that cannot be imported here."""
+        return [m for m in cls.requires if importlib.util.find_spec(m) is None]
 
     @abc.abstractmethod
     async def run(self, ctx: DriverContext) -> None:

@@ -65,7 +65,9 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
     registry = load_drivers()
     print("drivers:")
     for type_name, driver in sorted(registry.drivers.items()):
-        print(f"  {type_name:<14} {registry.origins[type_name]:<40} API {driver.api_version}")
+        unmet = registry.unmet(type_name)
+        note = f"  (unavailable: {unmet})" if unmet else ""
+        print(f"  {type_name:<14} {registry.origins[type_name]:<40} API {driver.api_version}{note}")
     failures: list[PluginFailure] = list(registry.failures)
     print(f"model decoders ({DECODER_GROUP}):")
     try:

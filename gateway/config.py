@@ -7,9 +7,10 @@ driver config is validated exactly like a built-in one.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -27,6 +28,9 @@ from drivers.api import DEVICE_ID_PATTERN, ConfigFileError, DriverConfig
 from gateway.kernel.config_paths import CONFIG_DIR, ConfigPath
 from gateway.kernel.durations import Duration
 from gateway.kernel.yamlsource import Source, SourceError, load_file
+
+if TYPE_CHECKING:
+    from gateway.plugins import DriverRegistry
 
 NODE_ID_PATTERN = DEVICE_ID_PATTERN
 
@@ -552,10 +556,12 @@ def load_config(
 
     `driver_configs` defaults to the built-in drivers plus installed plugins.
     """
+    registry = None
     if driver_configs is None:
         from gateway.plugins import load_drivers  # noqa: PLC0415 - plugins import config
 
-        driver_configs = load_drivers().config_models()
+        registry = load_drivers()
+        driver_configs = registry.config_models()
     try:
         source = load_file(path, env)
     except SourceError as exc:
@@ -567,14 +573,15 @@ def load_config(
             ]
         ) from None
     config = validate_source(source, config_model(driver_configs))
-    load_files(config, source)
+    load_files(config, source, registry)
     return config
 
 
-def load_files(config: NodeConfig, source: Source) -> None:
+def load_files(config: NodeConfig, source: Source, registry: DriverRegistry | None = None) -> None:
     """Read and check what the validated config names on disk or in text (rule bundle,
-    trusted keys, every device's profile); each problem becomes an issue at the line of
-    the key that names it. The one place where loading a config does I/O."""
+    trusted keys, every device's profile) and, given the `registry`, whether its drivers
+    have what they need installed; each problem becomes an issue at the line of the key
+    that names it. The one place where loading a config does I/O."""
     issues: list[ConfigIssue] = []
 
     def issue(loc: tuple[str | int, ...], message: str) -> None:
@@ -600,9 +607,19 @@ def load_files(config: NodeConfig, source: Source) -> None:
         except BundleError as exc:
             issue(("rules", "file"), f"rule bundle {rules.file}: {exc}")
     for i, device in enumerate(config.devices):
+        unmet = registry.unmet(device.type) if registry is not None else None
+        if unmet is not None and device.enabled:
+            issue(("devices", i, "type"), unmet)
+            continue
         try:
             device.load_files()
         except ConfigFileError as exc:
             issue(("devices", i, exc.field), exc.message)
+    if config.models.packages and importlib.util.find_spec("onnxruntime") is None:
+        issue(
+            ("models", "packages"),
+            "models need onnxruntime, not installed here; pip install 'cityneuron[vision]' "
+            "(Debian: the cityneuron-vision package)",
+        )
     if issues:
         raise ConfigError(issues)

@@ -27,9 +27,6 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "camera": "drivers.camera.driver:CameraDriver",
 }
 
-# what a built-in driver needs beyond the core package, and how to get it
-EXTRAS: dict[str, str] = {"camera": "vision"}
-
 # modules that driver API 1.x plugins imported and 2.0 no longer offers
 _API1_MODULES = ("gateway.records", "gateway.clock", "gateway.cancel", "gateway.geo")
 
@@ -45,14 +42,16 @@ class DriverRegistry:
     def config_models(self) -> list[type[DriverConfig]]:
         return [d.config_model for d in self.drivers.values()]
 
-    def missing(self, driver_type: str) -> str | None:
-        """Why `driver_type` is not available (failed plugin, missing extra), or None."""
-        if driver_type in self.drivers:
+    def unmet(self, driver_type: str) -> str | None:
+        """What driver `driver_type` needs that this node lacks, with how to get it."""
+        driver = self.drivers.get(driver_type)
+        if driver is None:
             return None
-        for failure in self.failures:
-            if failure.name == driver_type:
-                return f"{failure.source}: {failure.reason}"
-        return None
+        missing = driver.missing_modules()
+        if not missing:
+            return None
+        hint = f"; {driver.install_hint}" if driver.install_hint else ""
+        return f"driver {driver_type!r} needs {', '.join(missing)}, not installed here{hint}"
 
     def add(self, driver: object, source: str, name: str) -> None:
         reason = _check(driver, name)
@@ -116,12 +115,9 @@ def load_drivers(*, plugins: bool = True) -> DriverRegistry:
         try:
             registry.add(_import(target), "built-in", type_name)
         except ImportError as exc:
-            extra = EXTRAS.get(type_name)
-            reason = f"{exc.name or exc} is not installed"
-            if extra:
-                reason += f" (install cityneuron[{extra}])"
+            reason = f"import failed: {exc}"
             registry.failures.append(PluginFailure(type_name, "built-in", reason))
-            logger.debug("built-in driver %s unavailable: %s", type_name, reason)
+            logger.exception("built-in driver %s failed to load", type_name)
     if plugins:
         for item in load_group(DRIVER_GROUP):
             if isinstance(item, PluginFailure):

@@ -102,6 +102,8 @@ class CameraDriver(Driver):
     type = "camera"
     config_model = CameraConfig
     api_version = "2.0"
+    requires = ("cv2", "numpy", "onnxruntime")
+    install_hint = "pip install 'cityneuron[vision]' (Debian: the cityneuron-vision package)"
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)

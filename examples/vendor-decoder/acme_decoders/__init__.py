@@ -1,0 +1,1 @@
+"""Example output decoder plugins for cityneuron."""
