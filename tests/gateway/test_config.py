@@ -190,3 +190,40 @@ def test_every_field_has_a_description() -> None:
 
     walk(NodeConfig)
     assert missing == []
+
+
+def test_validation_reads_no_files_the_loading_step_does_with_the_line(tmp_path: Path) -> None:
+    from drivers.modbus.driver import ModbusConfig
+    from gateway.config import config_model
+
+    text = """\
+node: {id: n1}
+rules:
+  file: rules/missing.yaml
+  trusted_keys:
+    - {id: ops, public_key: not-a-key}
+devices:
+  - type: modbus
+    id: m1
+    unit: 1
+    profile: ./profiles/missing.yaml
+    connection: {kind: tcp, host: 127.0.0.1}
+"""
+    path = write(tmp_path, text)
+    # the model itself accepts it: the files are not its business
+    import yaml
+
+    model = config_model([ModbusConfig])
+    config = model.model_validate(yaml.safe_load(text), context={"config_dir": str(tmp_path)})
+    assert config.rules.file == tmp_path / "rules" / "missing.yaml"
+    assert config.devices[0].profile == str(tmp_path / "profiles" / "missing.yaml")  # type: ignore[attr-defined]
+    # loading the config reads them, and each problem is at the line of its key
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [ModbusConfig], env={})
+    found = [str(i) for i in info.value.issues]
+    assert found[0].startswith(f"{path}:5:17: rules.trusted_keys[0].public_key: key ops:")
+    assert found[1].startswith(f"{path}:3:3: rules.file: cannot read rule bundle")
+    assert found[2].startswith(
+        f"{path}:10:5: devices[0].profile: profile {tmp_path / 'profiles' / 'missing.yaml'}"
+    )
+    assert len(found) == 3

@@ -175,3 +175,41 @@ async def test_recovery_by_running_long_enough_without_signalling_ready(
             await asyncio.sleep(0.01)
         task.cancel()
     assert any("silent recovered after 1 failure" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_task_that_ignores_cancellation_is_abandoned_after_the_stop_timeout() -> None:
+    from gateway.supervisor import abandoned, run_abandonable
+
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # swallows the cancellation until released
+            raise
+
+    outer = asyncio.get_running_loop().create_task(
+        run_abandonable(stubborn(), name="stubborn", stop_timeout=0.2), name="outer"
+    )
+    await asyncio.sleep(0.05)
+    outer.cancel()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert 0.15 < asyncio.get_running_loop().time() - started < 1.0
+    (left,) = abandoned()
+    assert left.get_name() == "stubborn"
+    release.set()
+    await asyncio.sleep(0.05)
+    assert abandoned() == []
+
+
+async def test_the_task_s_own_failure_is_raised_to_the_caller() -> None:
+    from gateway.supervisor import run_abandonable
+
+    async def broken() -> None:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        await run_abandonable(broken(), name="broken", stop_timeout=1.0)

@@ -29,9 +29,7 @@ def test_build_install_run_and_remove(tmp_path: Path) -> None:
     vinfo = run("dpkg-deb", "--info", str(vision)).stdout
     assert "Depends: cityneuron (= 0.1.0)" in vinfo
     # the core is the smaller part: no onnxruntime, OpenCV, numpy or shipped models
-    sizes = {
-        d: int(run("dpkg-deb", "-f", str(d), "Installed-Size").stdout) for d in (deb, vision)
-    }
+    sizes = {d: int(run("dpkg-deb", "-f", str(d), "Installed-Size").stdout) for d in (deb, vision)}
     assert sizes[deb] < sizes[vision] / 2, sizes
     core_files = run("dpkg-deb", "--contents", str(deb)).stdout
     for absent in ("/onnxruntime/", "/cv2/", "/numpy/", "/models/zoo/"):
