@@ -15,7 +15,7 @@ from typing import Any
 from acme_noise.driver import AcmeSlmDriver
 from acme_noise.sim import MeterSim
 
-from drivers.testkit import DriverConformance
+from drivers.api import DriverConformance
 from firmware_sim.broker import free_port
 from gateway.app import Gateway
 from gateway.config import load_config

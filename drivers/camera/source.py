@@ -132,7 +132,7 @@ class FrameSource:
                 attempt = 0 if self._read_all(cap) else attempt
                 cap.release()
             attempt += 1
-            self._stop.wait(backoff(attempt, first=0.5, cap=self.reconnect_max))
+            self._stop.wait(backoff(attempt, first=1.0, cap=self.reconnect_max))
 
     def _read_all(self, cap: cv2.VideoCapture) -> bool:
         """Read until the source ends or stalls; True if it delivered anything.

@@ -36,7 +36,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from models.decoders import Decoded, merge_regions, region_classes
+from models.api import Decoded
+from models.decoders import merge_regions, region_classes
 from models.runtime import LoadedModel
 from models.training.road_data import CLASSES, Frame, add_hold_out, load_split
 

@@ -208,7 +208,8 @@ def train(args: argparse.Namespace) -> None:  # noqa: PLR0915 - a training scrip
     exported = Exported(net, SIZE, SIZE).eval()
     scores: dict[int, list[tuple[float, bool]]] = {c: [] for c in range(len(CLASSES))}
     totals = dict.fromkeys(range(len(CLASSES)), 0)
-    from models.decoders import Decoded, nms  # noqa: PLC0415
+    from models.api import Decoded  # noqa: PLC0415
+    from models.decoders import nms  # noqa: PLC0415
 
     with torch.no_grad():
         for t in val:

@@ -70,7 +70,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -83,7 +83,8 @@ import torch.nn.functional as F  # noqa: N812
 import yaml
 from torch.optim.swa_utils import AveragedModel
 
-from models.decoders import Decoded, mask_groups, nms
+from models.api import Decoded
+from models.decoders import mask_groups, nms
 from models.training import backbone
 from models.training.road_data import (
     CLASSES,
@@ -890,7 +891,8 @@ def refit_choice(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1050,7 +1052,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         help="export OUT/best.pt (the best checkpoint so far of a run), or OUT/model.pt "
         "(a finished run's network), at --input size, without training",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.small_weight <= 0:
         ap.error(f"--small-weight {args.small_weight}: a weight above 0")
     if args.small_frames < 1:
@@ -1059,19 +1061,28 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         ap.error(f"--ema {args.ema}: the decay lies in [0, 1) (0: no average)")
     if args.pothole_from == "mask" and (args.crack_from != "mask" or args.backbone != "plain"):
         ap.error("--pothole-from mask goes with --crack-from mask and the plain backbone")
-    global INPUT  # noqa: PLW0603 - one input size for the whole run, set once here
-    INPUT = args.input
-    if args.export_only:
-        export_checkpoint(args)
-        return
+    return args
 
-    refit = refit_choice(args) if args.refit else None
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
+
+@dataclass
+class TrainingData:
+    """The frames of a run, their images, and what augmentation draws from them."""
+
+    train: list[Any]
+    val: list[Any]
+    train_img: list[Any]
+    val_img: list[Any]
+    patches: list[Any]
+    unmarked: dict[int, Any]
+    pool: list[int]  # indices into train, a frame once per draw per epoch
+    scale: np.float32  # source pixels -> model input pixels
+
+
+def load_data(args: argparse.Namespace, *, refit: bool) -> TrainingData:
+    """The splits (train + val for a refit), their images, paste patches, ignored boxes."""
     train = load_split(args.data, "train", args.hold_out)
     val = load_split(args.data, "val", args.hold_out)
-    if refit is not None:
+    if refit:
         train, val = train + val, []
     what = f"refit: train + val {len(train)}" if refit else f"train {len(train)}, val {len(val)}"
     print(f"{what} frames; loading images", flush=True)
@@ -1082,177 +1093,200 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
         raise SystemExit(f"--paste-max-box {args.paste_max_box}: no training pothole that small")
     if patches:
         print(f"copy-paste: {len(patches)} pothole patches", flush=True)
-    scale = np.float32(INPUT[0] / SOURCE_SIZE[0])
     unmarked = unmarked_boxes(args.ignore_unmarked, train) if args.ignore_unmarked else {}
     if unmarked:
         listed = sum(map(len, unmarked.values()))
         print(f"ignored: {listed} unmarked boxes on {len(unmarked)} frames", flush=True)
     pool = [i for i, f in enumerate(train) for _ in range(draws(f, args.small_frames))]
+    return TrainingData(
+        train=train,
+        val=val,
+        train_img=train_img,
+        val_img=val_img,
+        patches=patches,
+        unmarked=unmarked,
+        pool=pool,
+        scale=np.float32(INPUT[0] / SOURCE_SIZE[0]),
+    )
 
-    net = network(args)
+
+def optimiser(
+    net: CentreNet, args: argparse.Namespace, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW with a one-cycle schedule; a pretrained backbone learns at --backbone-lr."""
     lrs = [args.lr]
     groups: list[dict[str, Any]] = [{"params": [p for p in net.parameters() if p.requires_grad]}]
     if isinstance(net, MobileRoadNet):
-        net.load_backbone(backbone.mobilenet_v2(args.backbone_weights))
         pretrained = {id(p) for p in net.backbone.parameters()}
         groups = [
             {"params": [p for p in net.backbone.parameters() if p.requires_grad]},
             {"params": [p for p in net.parameters() if id(p) not in pretrained]},
         ]
         lrs = [args.lr * args.backbone_lr, args.lr]
-    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    steps_per_epoch = len(pool) // args.batch
-    total = steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lrs, total_steps=total, pct_start=0.1)
-    ema = ema_of(net, args.ema) if args.ema else None
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lrs, total_steps=total_steps, pct_start=0.1)
+    return opt, sched
+
+
+def batch_loss(
+    net: CentreNet,
+    data: TrainingData,
+    indices: list[int],
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> torch.Tensor:
+    """One batch: the frames augmented, their targets built, the network's loss on them."""
     gh, gw = CROP[1] // net.stride, CROP[0] // net.stride
-    log: list[dict[str, Any]] = []
+    imgs, heats, boxes, masks, segs, fines, weights = [], [], [], [], [], [], []
+    ignores = []
+    for i in indices:
+        img, b, c = data.train_img[i], data.train[i].boxes * data.scale, data.train[i].classes
+        if i in data.unmarked:  # through the augmentation with the objects
+            b = np.concatenate([b, data.unmarked[i] * data.scale])
+            c = np.concatenate([c, np.full(len(data.unmarked[i]), IGNORED, np.int64)])
+        if data.patches and rng.random() < args.copy_paste:
+            img, b, c = paste_potholes(
+                img,
+                b,
+                c,
+                data.patches,
+                rng,
+                count=rng.randint(*args.paste_count),
+                cluster=args.paste_cluster,
+            )
+        img, b, c = augment(img, b, c, rng, strong=args.photometric == "strong", scales=args.scale)
+        if data.unmarked:
+            ignores.append(ignore_mask(b[c == IGNORED], gh, gw, stride=net.stride))
+            b, c = b[c != IGNORED], c[c != IGNORED]
+        h, bx, m = targets(b, c, gh, gw, stride=net.stride, dense=net.dense_boxes)
+        if args.small_weight != 1:
+            weights.append(small_centres(b, c, gh, gw, stride=net.stride, weight=args.small_weight))
+        segs.append(seg_target(img, net.stride))
+        if net.fine:
+            fines.append(fine_target(img))
+        imgs.append(img)
+        heats.append(h)
+        boxes.append(bx)
+        masks.append(m)
+    heat_t = torch.from_numpy(np.stack(heats))
+    box_t = torch.from_numpy(np.stack(boxes))
+    mask_t = torch.from_numpy(np.stack(masks)).unsqueeze(1)
+    if net.fine:
+        heat_p, box_p, seg_p, fine_p = net.forward_fine(to_tensor(imgs))
+        extra = fine_loss(fine_p, torch.from_numpy(np.stack(fines)))
+    else:
+        heat_p, box_p, seg_p = net.forward_train(to_tensor(imgs))
+        extra = torch.zeros(())
+    seg_t = torch.from_numpy(np.stack(segs))
+    ignore_t = torch.from_numpy(np.stack(ignores)) if ignores else None
+    seg = F.binary_cross_entropy_with_logits(
+        seg_p,
+        seg_t,
+        weight=ignore_t,
+        pos_weight=torch.tensor([4.0, 8.0]).view(1, 2, 1, 1),
+    )
+    return (
+        focal(heat_p, heat_t, torch.from_numpy(np.stack(weights)) if weights else None, ignore_t)
+        + box_loss(box_p, box_t, mask_t, net.dense_boxes)
+        + seg
+        + extra
+    )
+
+
+@dataclass
+class RunState:
+    """What survives an interruption: the epoch reached, the log, the best so far."""
+
+    epoch: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
     best: tuple[float, dict[str, Any]] | None = None
-    args.out.mkdir(parents=True, exist_ok=True)
-    last = args.out / "last.pt"
-    first_epoch = 0
-    if args.resume:
-        if not last.is_file():
-            raise SystemExit(f"{last}: no interrupted run to resume")
-        state = torch.load(last, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        first_epoch, log, best = state["epoch"], state["log"], state["best"]
-        print(f"resuming after epoch {first_epoch}", flush=True)
-    t0 = time.monotonic() - (log[-1]["minutes"] * 60 if log else 0.0)
-    # a refit stops at the epoch its run selected; the schedule still spans --epochs
-    stop = refit["epoch"] if refit is not None else args.epochs
-    for epoch in range(first_epoch, stop):
-        net.train()
-        rng.shuffle(pool)
-        losses = []
-        for step in range(steps_per_epoch):
-            imgs, heats, boxes, masks, segs, fines, weights = [], [], [], [], [], [], []
-            ignores = []
-            for i in pool[step * args.batch : (step + 1) * args.batch]:
-                img, b, c = train_img[i], train[i].boxes * scale, train[i].classes
-                if i in unmarked:  # through the augmentation with the objects
-                    b = np.concatenate([b, unmarked[i] * scale])
-                    c = np.concatenate([c, np.full(len(unmarked[i]), IGNORED, np.int64)])
-                if patches and rng.random() < args.copy_paste:
-                    img, b, c = paste_potholes(
-                        img,
-                        b,
-                        c,
-                        patches,
-                        rng,
-                        count=rng.randint(*args.paste_count),
-                        cluster=args.paste_cluster,
-                    )
-                img, b, c = augment(
-                    img, b, c, rng, strong=args.photometric == "strong", scales=args.scale
-                )
-                if unmarked:
-                    ignores.append(ignore_mask(b[c == IGNORED], gh, gw, stride=net.stride))
-                    b, c = b[c != IGNORED], c[c != IGNORED]
-                h, bx, m = targets(b, c, gh, gw, stride=net.stride, dense=net.dense_boxes)
-                if args.small_weight != 1:
-                    weights.append(
-                        small_centres(b, c, gh, gw, stride=net.stride, weight=args.small_weight)
-                    )
-                segs.append(seg_target(img, net.stride))
-                if net.fine:
-                    fines.append(fine_target(img))
-                imgs.append(img)
-                heats.append(h)
-                boxes.append(bx)
-                masks.append(m)
-            heat_t = torch.from_numpy(np.stack(heats))
-            box_t = torch.from_numpy(np.stack(boxes))
-            mask_t = torch.from_numpy(np.stack(masks)).unsqueeze(1)
-            if net.fine:
-                heat_p, box_p, seg_p, fine_p = net.forward_fine(to_tensor(imgs))
-                extra = fine_loss(fine_p, torch.from_numpy(np.stack(fines)))
-            else:
-                heat_p, box_p, seg_p = net.forward_train(to_tensor(imgs))
-                extra = torch.zeros(())
-            seg_t = torch.from_numpy(np.stack(segs))
-            ignore_t = torch.from_numpy(np.stack(ignores)) if ignores else None
-            seg = F.binary_cross_entropy_with_logits(
-                seg_p,
-                seg_t,
-                weight=ignore_t,
-                pos_weight=torch.tensor([4.0, 8.0]).view(1, 2, 1, 1),
-            )
-            loss = (
-                focal(
-                    heat_p,
-                    heat_t,
-                    torch.from_numpy(np.stack(weights)) if weights else None,
-                    ignore_t,
-                )
-                + box_loss(box_p, box_t, mask_t, net.dense_boxes)
-                + seg
-                + extra
-            )
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(net)
-            losses.append(loss.item())
-        net.eval()
-        judged = net if ema is None else cast(CentreNet, ema.module).eval()  # validated
-        entry: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "minutes": (time.monotonic() - t0) / 60,
-        }
-        if refit is None and ((epoch + 1) % 4 == 0 or epoch + 1 == args.epochs):
-            chosen = select(val, predict(judged, val_img, masks=args.crack_from == "mask"))
-            entry["val"] = chosen.figures
-            if best is None or chosen.score > best[0]:
-                best = (
-                    chosen.score,
-                    {
-                        "epoch": epoch + 1,
-                        "thresholds": chosen.thresholds,
-                        **chosen.decoding(),
-                        "val": chosen.figures,
-                    },
-                )
-                torch.save(judged.state_dict(), args.out / "best.pt")
-        log.append(entry)
-        print(json.dumps(entry), flush=True)
-        # the whole state after every epoch: a run of hours survives an interruption
+
+
+@dataclass
+class Trainer:
+    """The objects a training step changes, saved and restored together."""
+
+    net: CentreNet
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.OneCycleLR
+    ema: AveragedModel | None
+    rng: random.Random
+
+    def save(self, path: Path, state: RunState) -> None:
+        """The whole state after an epoch, written atomically: a run of hours survives."""
         torch.save(
             {
-                "net": net.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
-                "ema": None if ema is None else ema.state_dict(),
-                "rng": rng.getstate(),
+                "net": self.net.state_dict(),
+                "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "rng": self.rng.getstate(),
                 "torch_rng": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "log": log,
-                "best": best,
+                "epoch": state.epoch,
+                "log": state.log,
+                "best": state.best,
             },
-            last.with_suffix(".tmp"),
+            path.with_suffix(".tmp"),
         )
-        last.with_suffix(".tmp").replace(last)
+        path.with_suffix(".tmp").replace(path)
+
+    def resume(self, path: Path) -> RunState:
+        """The state `save` left, loaded into the run's objects."""
+        if not path.is_file():
+            raise SystemExit(f"{path}: no interrupted run to resume")
+        state = torch.load(path, weights_only=False)
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming after epoch {state['epoch']}", flush=True)
+        return RunState(state["epoch"], state["log"], state["best"])
+
+
+def validate(
+    judged: CentreNet, data: TrainingData, args: argparse.Namespace, state: RunState, epoch: int
+) -> dict[str, Any]:
+    """The figures on val at the thresholds val picks; a better epoch is kept in best.pt."""
+    chosen = select(data.val, predict(judged, data.val_img, masks=args.crack_from == "mask"))
+    if state.best is None or chosen.score > state.best[0]:
+        state.best = (
+            chosen.score,
+            {
+                "epoch": epoch,
+                "thresholds": chosen.thresholds,
+                **chosen.decoding(),
+                "val": chosen.figures,
+            },
+        )
+        torch.save(judged.state_dict(), args.out / "best.pt")
+    return dict(chosen.figures)
+
+
+def finish(
+    net: CentreNet,
+    ema: AveragedModel | None,
+    args: argparse.Namespace,
+    state: RunState,
+    refit: dict[str, Any] | None,
+) -> None:
+    """Export the chosen epoch (a refit's last one) as the package, with its log."""
     if refit is not None:
         if ema is not None:  # the last average is exported (best.pt holds it otherwise)
             net.load_state_dict(ema.module.state_dict())
         best = (0.0, refit)
-        summary = f"exported epoch {stop}, thresholds from {args.refit} (val not measured)"
+        summary = (
+            f"exported epoch {refit['epoch']}, thresholds from {args.refit} (val not measured)"
+        )
     else:
-        assert best is not None
+        assert state.best is not None
+        best = state.best
         net.load_state_dict(torch.load(args.out / "best.pt"))
         (args.out / "best.pt").unlink()
         summary = f"best epoch {best[1]['epoch']}: {json.dumps(best[1]['val'])}"
-    last.unlink()
+    (args.out / "last.pt").unlink()
     torch.save(net.state_dict(), args.out / "model.pt")  # for analysis and other exports
     export(
         net.eval(),
@@ -1264,11 +1298,73 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - a training script, top to bottom
     )
     (args.out / "train-log.json").write_text(
         json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "best": best[1], "epochs": log},
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "best": best[1],
+                "epochs": state.log,
+            },
             indent=1,
         )
     )
     print(summary)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, validate every 4th epoch, export the best (see the module docstring)."""
+    args = parse_args(argv)
+    global INPUT  # noqa: PLW0603 - one input size for the whole run, set once here
+    INPUT = args.input
+    if args.export_only:
+        export_checkpoint(args)
+        return
+    refit = refit_choice(args) if args.refit else None
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    data = load_data(args, refit=refit is not None)
+
+    net = network(args)
+    if isinstance(net, MobileRoadNet):
+        net.load_backbone(backbone.mobilenet_v2(args.backbone_weights))
+    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    steps_per_epoch = len(data.pool) // args.batch
+    opt, sched = optimiser(net, args, steps_per_epoch * args.epochs)
+    ema = ema_of(net, args.ema) if args.ema else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    last = args.out / "last.pt"
+    trainer = Trainer(net, opt, sched, ema, rng)
+    state = trainer.resume(last) if args.resume else RunState()
+    t0 = time.monotonic() - (state.log[-1]["minutes"] * 60 if state.log else 0.0)
+    # a refit stops at the epoch its run selected; the schedule still spans --epochs
+    stop = refit["epoch"] if refit is not None else args.epochs
+    for epoch in range(state.epoch + 1, stop + 1):
+        net.train()
+        rng.shuffle(data.pool)
+        losses = []
+        for step in range(steps_per_epoch):
+            batch = data.pool[step * args.batch : (step + 1) * args.batch]
+            loss = batch_loss(net, data, batch, args, rng)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            losses.append(loss.item())
+        net.eval()
+        judged = net if ema is None else cast(CentreNet, ema.module).eval()  # validated
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "minutes": (time.monotonic() - t0) / 60,
+        }
+        if refit is None and (epoch % 4 == 0 or epoch == args.epochs):
+            entry["val"] = validate(judged, data, args, state, epoch)
+        state.log.append(entry)
+        state.epoch = epoch
+        print(json.dumps(entry), flush=True)
+        trainer.save(last, state)
+    finish(net, ema, args, state, refit)
 
 
 if __name__ == "__main__":

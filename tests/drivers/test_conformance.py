@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import load_profile
 from drivers.serial.driver import SerialDriver
-from drivers.testkit import DriverConformance
+from drivers.api import DriverConformance
 from firmware_sim.broker import free_port
 from firmware_sim.city import ManholeCover
 from firmware_sim.modbus import ModbusSimServer, SimSlave
