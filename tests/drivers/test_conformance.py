@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from drivers.api import DriverConformance
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import load_profile
 from drivers.serial.driver import SerialDriver
-from drivers.api import DriverConformance
 from firmware_sim.broker import free_port
 from firmware_sim.city import ManholeCover
 from firmware_sim.modbus import ModbusSimServer, SimSlave
