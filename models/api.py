@@ -45,7 +45,7 @@ class Decoded:
 
     boxes: F32  # [N, 4] x1 y1 x2 y2
     scores: F32  # [N]
-    classes: I32  # [N] indices into the package's classes
+    classes: I32  # [N] class indices (after `finish`: indices of the labels)
 
     def __len__(self) -> int:
         return len(self.scores)

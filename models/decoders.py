@@ -100,7 +100,8 @@ def _overlap(a: F32, b: F32) -> bool:
 
 
 def region_classes(spec: ModelSpec) -> list[int]:
-    return [spec.classes.index(name) for name in spec.regions]
+    """The label indices of ``regions`` (`finish` maps classes to labels before NMS)."""
+    return [spec.label_names.index(name) for name in spec.regions]
 
 
 def mask_groups(prob: F32, threshold: float, join: int, min_pixels: int) -> tuple[F32, F32]:
@@ -204,10 +205,12 @@ def finish(
     keep = scores >= _thresholds(spec)[classes] if len(classes) else np.zeros(0, bool)
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
     finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+    # from here on classes are labels: classes that share one are one class for NMS
+    labels = np.asarray(spec.label_index, np.int32)[classes[finite]]
     d = Decoded(
         boxes[finite].astype(np.float32),
         scores[finite].astype(np.float32),
-        classes[finite].astype(np.int32),
+        labels.astype(np.int32),
     )
     return merge_regions(nms(d, spec.thresholds.iou, spec.max_detections), region_classes(spec))
 

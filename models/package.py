@@ -141,6 +141,12 @@ class ModelSpec(_Model):
     input: InputSpec = Field(description="How frames become the input tensor.")
     output: OutputSpec = Field(description="How the output becomes detections.")
     classes: list[str] = Field(min_length=1, description="Class names, by index.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Report a class under another label, e.g. RDD2022's D00, D10 and D20 "
+        "as crack and D40 as pothole; classes that share a label are one class from NMS "
+        "on (regions, detections, rules). Unlisted classes keep their name.",
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds, description="Filtering.")
     max_detections: int = Field(default=100, ge=1, le=10000, description="Kept per image.")
     regions: list[str] = Field(
@@ -157,9 +163,12 @@ class ModelSpec(_Model):
         unknown = set(self.thresholds.per_class) - set(self.classes)
         if unknown:
             raise ValueError(f"thresholds for unknown classes: {', '.join(sorted(unknown))}")
-        unknown = set(self.regions) - set(self.classes)
+        unknown = set(self.labels) - set(self.classes)
         if unknown:
-            raise ValueError(f"regions of unknown classes: {', '.join(sorted(unknown))}")
+            raise ValueError(f"labels for unknown classes: {', '.join(sorted(unknown))}")
+        unknown = set(self.regions) - set(self.label_names)
+        if unknown:
+            raise ValueError(f"regions of unknown labels: {', '.join(sorted(unknown))}")
         masks = self.output.mask_outputs
         named = [name for m in masks for name in m.classes]
         unknown = set(named) - set(self.classes)
@@ -173,6 +182,17 @@ class ModelSpec(_Model):
         if (self.task == "classify") != (self.output.decoder == "classification"):
             raise ValueError("task classify goes with decoder classification, and only with it")
         return self
+
+    @property
+    def label_names(self) -> list[str]:
+        """The labels detections carry, in order of first appearance among the classes."""
+        return list(dict.fromkeys(self.labels.get(c, c) for c in self.classes))
+
+    @property
+    def label_index(self) -> list[int]:
+        """For each class index, the index of its label in `label_names`."""
+        names = self.label_names
+        return [names.index(self.labels.get(c, c)) for c in self.classes]
 
     def score_threshold(self, cls: int) -> float:
         name = self.classes[cls] if 0 <= cls < len(self.classes) else ""

@@ -153,7 +153,8 @@ class LoadedModel:
                 tensor, _ = prepare(image, self.spec.input)
                 best, prob, _ = classification(self.raw(tensor), self.spec)
                 h, w = image.shape[:2]
-                found = [FoundObject(self.spec.classes[best], prob, (0.0, 0.0, float(w), float(h)))]
+                label = self.spec.label_names[self.spec.label_index[best]]
+                found = [FoundObject(label, prob, (0.0, 0.0, float(w), float(h)))]
                 return found if prob >= self.spec.score_threshold(best) else []
             d = self._tiled(image) if self.spec.tiling.enabled else self._detect(image)
         except DecodeError as exc:
@@ -168,7 +169,8 @@ class LoadedModel:
             x1, y1 = max(0.0, float(box[0])), max(0.0, float(box[1]))
             x2, y2 = min(float(w), float(box[2])), min(float(h), float(box[3]))
             if x2 > x1 and y2 > y1:
-                out.append(FoundObject(self.spec.classes[int(cls)], float(score), (x1, y1, x2, y2)))
+                label = self.spec.label_names[int(cls)]
+                out.append(FoundObject(label, float(score), (x1, y1, x2, y2)))
         return out
 
     def _tiled(self, image: Image) -> Decoded:

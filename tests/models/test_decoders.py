@@ -114,7 +114,7 @@ def test_overlapping_boxes_of_a_region_class_are_one_region() -> None:
         (0, 0.4, [390, 390, 410, 410]),
     ]
     assert len(yolov8([rows.T[np.newaxis]], spec())) == 6  # without regions: as found
-    with pytest.raises(ValueError, match="regions of unknown classes: road"):
+    with pytest.raises(ValueError, match="regions of unknown labels: road"):
         spec(regions=["road"])
 
 
