@@ -18,19 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.kernel.records import new_id
+from gateway.kernel.refusal import Refused
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class CommandError(Exception):
+class CommandError(Refused):
     """A command was refused; `code` is machine-readable, the message says why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +93,7 @@ class CommandRouter:
             return self._recent[command_id]
         try:
             result = await self._handlers[name](args)
-        except CommandError as exc:
+        except Refused as exc:  # a CommandError, or a refusal from a layer below
             self.refused += 1
             logger.warning("command %s refused: %s", name, exc.message)
             reply = Reply(name, command_id, ok=False, error_code=exc.code, error=exc.message)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
-from drivers.api import Driver, DriverContext
+from drivers.api import Driver
+from drivers.context import ContextBase
 from drivers.sharing import SharedResources
 from gateway.bus import Bus
 from gateway.kernel.clock import Clock
 from gateway.kernel.component import Ready
 from gateway.kernel.inference import FoundObject, Inference
-from gateway.kernel.records import Detection, Event, Quality, Reading, Severity, Value, stamp
+from gateway.kernel.records import Detection, Event, Reading, Severity, stamp
 from gateway.snapshots import SnapshotStore
 from gateway.supervisor import run_abandonable
 
@@ -23,8 +21,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class DeviceContext(DriverContext):
-    """The `DriverContext` the gateway gives one device's driver."""
+class DeviceContext(ContextBase):
+    """The `DriverContext` the node gives one device's driver."""
 
     def __init__(
         self,
@@ -38,12 +36,14 @@ class DeviceContext(DriverContext):
         models: Inference | None = None,
         snapshots: SnapshotStore | None = None,
     ) -> None:
-        self._node_id = node_id
-        self._device_id = device_id
+        super().__init__(
+            node_id=node_id,
+            device_id=device_id,
+            driver_type=driver_type,
+            clock=clock,
+            shared=shared,
+        )
         self._bus = bus
-        self._clock = clock
-        self._shared = shared
-        self._logger = logging.getLogger(f"drivers.{driver_type}.{device_id}")
         self.online: bool | None = None
         self.reason = ""
         self.failed = False  # offline because the driver itself failed
@@ -52,41 +52,6 @@ class DeviceContext(DriverContext):
         self.detections = 0
         self._models = models
         self._snapshots = snapshots
-
-    @property
-    def node_id(self) -> str:
-        return self._node_id
-
-    @property
-    def device_id(self) -> str:
-        return self._device_id
-
-    @property
-    def logger(self) -> logging.Logger:
-        return self._logger
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
-    def reading(
-        self,
-        point: str,
-        value: Value,
-        *,
-        unit: str | None = None,
-        quality: Quality = Quality.GOOD,
-        ts: datetime | None = None,
-    ) -> Reading:
-        return Reading(
-            device=self._device_id,
-            point=point,
-            value=value,
-            unit=unit,
-            quality=quality,
-            ts=ts or self._clock.now(),
-            node=self._node_id,
-        )
 
     async def publish(self, reading: Reading) -> None:
         if self.failed and self._after_failure is None:
@@ -121,11 +86,6 @@ class DeviceContext(DriverContext):
                 node=self._node_id,
             )
         )
-
-    def shared(
-        self, key: str, factory: Callable[[], Awaitable[T]]
-    ) -> contextlib.AbstractAsyncContextManager[T]:
-        return self._shared.use(key, factory)
 
     async def infer(self, model: str, image: Any) -> list[FoundObject]:
         if self._models is None:

@@ -17,7 +17,7 @@ from gateway.bus import Bus, DropPolicy, Subscription
 from gateway.commands import CommandError, CommandRouter
 from gateway.kernel.component import Ready
 from gateway.kernel.records import Detection, Event, Reading, Severity
-from rules.deploy import DeployError, RuleDeployer
+from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
 
 logger = logging.getLogger(__name__)
@@ -123,17 +123,11 @@ class RuleCommands:
             raise CommandError("invalid_args", "signature must be a base64 string")
         if key is not None and not isinstance(key, str):
             raise CommandError("invalid_args", "key must be a key id string")
-        try:
-            return await self.deployer.deploy(text, signature, key)
-        except DeployError as exc:
-            raise CommandError(exc.code, exc.message) from None
+        return await self.deployer.deploy(text, signature, key)  # refusals: DeployError
 
     async def rollback(self, args: dict[str, Any]) -> dict[str, Any]:
         del args
-        try:
-            return await self.deployer.rollback()
-        except DeployError as exc:
-            raise CommandError(exc.code, exc.message) from None
+        return await self.deployer.rollback()
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         del args

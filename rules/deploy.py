@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.kernel.records import iso_time
+from gateway.kernel.refusal import Refused
 from rules.bundle import BundleError, parse_bundle
 from rules.compiler import CompiledBundle, compile_bundle
 from rules.engine import EngineStats
@@ -27,13 +28,8 @@ if TYPE_CHECKING:  # cryptography (7 MB resident) loads when a signed bundle arr
 logger = logging.getLogger(__name__)
 
 
-class DeployError(Exception):
+class DeployError(Refused):
     """A deployment or rollback was refused; `code` is machine-readable, the message why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Engine(Protocol):

@@ -81,7 +81,7 @@ class FrameSource:
         self.reconnect_max = reconnect_max
         # a file played with realtime=False hands over every frame, as fast as it is taken
         self.lockstep = not realtime and not source.startswith((*STREAMS, "/dev/"))
-        self.notify = notify  # called from the capture thread on each new frame
+        self.notify = notify  # called from the capture thread on each frame and loss
         self.stats = SourceStats()
         self.online = False
         self.error = ""
@@ -205,3 +205,5 @@ class FrameSource:
         self.stats.failures += 1
         self.online = False
         self.error = reason
+        if self.notify is not None:
+            self.notify()  # the driver reports it now, before a retry replaces the reason

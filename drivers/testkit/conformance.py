@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar, get_args
 
@@ -15,73 +14,38 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from drivers.api import (
-    Clock,
     ConfigFileError,
     Detection,
     Driver,
     DriverConfig,
-    DriverContext,
     Event,
     FoundObject,
     Quality,
     Reading,
     SystemClock,
-    Value,
     WriteError,
     compatible,
 )
+from drivers.context import ContextBase
 from drivers.sharing import SharedResources
 
 T = TypeVar("T")
 
 
-class RecordingContext(DriverContext):
+class RecordingContext(ContextBase):
     """A driver context that keeps what the driver publishes and reports, for checks."""
 
     def __init__(self, device_id: str, driver_type: str, node_id: str = "testkit-node") -> None:
-        self._node_id = node_id
-        self._device_id = device_id
-        self._logger = logging.getLogger(f"drivers.{driver_type}.{device_id}")
-        self._clock = SystemClock()
-        self._shared = SharedResources()
+        super().__init__(
+            node_id=node_id,
+            device_id=device_id,
+            driver_type=driver_type,
+            clock=SystemClock(),
+            shared=SharedResources(),
+        )
         self.records: list[Reading | Event] = []
         self.detections: list[tuple[Detection, bytes | None]] = []
         self.online: bool | None = None
-
-    @property
-    def node_id(self) -> str:
-        return self._node_id
-
-    @property
-    def device_id(self) -> str:
-        return self._device_id
-
-    @property
-    def logger(self) -> logging.Logger:
-        return self._logger
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
-    def reading(
-        self,
-        point: str,
-        value: Value,
-        *,
-        unit: str | None = None,
-        quality: Quality = Quality.GOOD,
-        ts: datetime | None = None,
-    ) -> Reading:
-        return Reading(
-            device=self._device_id,
-            point=point,
-            value=value,
-            unit=unit,
-            quality=quality,
-            ts=ts or self._clock.now(),
-            node=self._node_id,
-        )
 
     async def publish(self, reading: Reading) -> None:
         self.records.append(reading)
@@ -98,11 +62,6 @@ class RecordingContext(DriverContext):
                 node=self._node_id,
             )
         )
-
-    def shared(
-        self, key: str, factory: Callable[[], Awaitable[T]]
-    ) -> AbstractAsyncContextManager[T]:
-        return self._shared.use(key, factory)
 
     async def infer(self, model: str, image: Any) -> list[FoundObject]:
         raise LookupError(f"model {model!r}: the conformance kit runs no models")

@@ -10,6 +10,14 @@ from typing import Protocol
 Ready = Callable[[], None]
 
 
+class ComponentState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
 class Component(Protocol):
     """A long-lived part of the node (uplink, outbox, a driver, the rule engine)."""
 
@@ -21,14 +29,6 @@ class Component(Protocol):
     async def run(self, ready: Ready) -> None:
         """Run until cancelled; call `ready()` once set up. Raising means failure."""
         ...
-
-
-class ComponentState(StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1098,16 +1098,8 @@ def load_data(args: argparse.Namespace, *, refit: bool) -> TrainingData:
         listed = sum(map(len, unmarked.values()))
         print(f"ignored: {listed} unmarked boxes on {len(unmarked)} frames", flush=True)
     pool = [i for i, f in enumerate(train) for _ in range(draws(f, args.small_frames))]
-    return TrainingData(
-        train=train,
-        val=val,
-        train_img=train_img,
-        val_img=val_img,
-        patches=patches,
-        unmarked=unmarked,
-        pool=pool,
-        scale=np.float32(INPUT[0] / SOURCE_SIZE[0]),
-    )
+    scale = np.float32(INPUT[0] / SOURCE_SIZE[0])
+    return TrainingData(train, val, train_img, val_img, patches, unmarked, pool, scale)
 
 
 def optimiser(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.commands import CommandError
 from gateway.kernel.records import Reading
+from gateway.kernel.refusal import Refused
 from gateway.rules_host import RuleCommands
 from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
@@ -147,7 +147,7 @@ async def test_refusals_are_precise_and_the_old_rules_keep_firing(
     d = deployer(tmp_path, keys)
     await d.deploy(signed(V1.format(version=1), keys))
     d.engine.on_reading(Reading(device="manhole-1", point="lid_open", value=False), now=0)
-    with pytest.raises(CommandError) as info:
+    with pytest.raises(Refused) as info:
         await d.deploy(make(keys))  # type: ignore[operator]
     assert info.value.code == code
     assert message in info.value.message
@@ -166,13 +166,13 @@ async def test_key_rotation_rollback_and_no_replay_after_rollback(
     assert reply["previous_version"] == 1
     assert await d.rollback({}) == {"version": 1, "rolled_back_from": 2}
     assert d.engine.version == 1
-    with pytest.raises(CommandError, match="not newer than 2"):
+    with pytest.raises(Refused, match="not newer than 2"):
         await d.deploy(signed(v2, keys, "ops-2"))  # a replay of v2 is still refused
     status = await d.status({})
     assert status["version"] == 1
     assert status["max_version"] == 2
     fresh = deployer(tmp_path / "other", keys)
-    with pytest.raises(CommandError) as info:
+    with pytest.raises(Refused) as info:
         await fresh.rollback({})
     assert info.value.code == "no_previous"
 
