@@ -205,7 +205,7 @@ async def cpu(tmp: Path, model_dir: Path, seconds: float, gate: bool) -> tuple[f
             return used, cam.processed - processed, cam.inferred - inferred
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 

@@ -95,7 +95,7 @@ class Unindexed(RuleEngine):
 def throughput(
     engine_cls: type[RuleEngine], compiled: CompiledBundle, data: list[Reading]
 ) -> float:
-    engine = engine_cls(Bus(), node="bench")
+    engine = engine_cls(node="bench")
     engine.swap(compiled)
     t = 0.0
     start = time.perf_counter()
