@@ -340,17 +340,3 @@ def simulated_readings(seconds: float) -> list[tuple[float, Reading]]:
             for point, value in sensor(t).items():
                 out.append((t, Reading(device=device, point=point, value=value)))
     return out
-
-
-def add_parser(sub: Any) -> None:
-    """The ``cityneuron demo`` command (entry point of cityneuron.commands)."""
-    p = sub.add_parser(
-        "demo", help="run a simulated node with a local broker and show what it sends"
-    )
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--workdir", help="directory for the demo's state (a temporary one if unset)")
-    p.set_defaults(func=_cmd_demo)
-
-
-def _cmd_demo(args: Any) -> int:
-    return run_demo(duration=args.duration, workdir=Path(args.workdir) if args.workdir else None)

@@ -233,3 +233,28 @@ def test_tuned_malloc_gives_freed_frame_buffers_back(tmp_path: Path) -> None:
     default = retained_kb("default")
     assert default > 15_000  # glibc's default: the heap keeps what sits below a live block
     assert tuned < 3_000
+
+
+def test_a_node_without_a_camera_loads_no_vision_code() -> None:
+    """The CLI's parser (with its plugin commands), the config and the node's components
+    of a Modbus-only box leave OpenCV, numpy and onnxruntime unloaded (~35 MB resident)."""
+    probe = (
+        "import sys\n"
+        "from gateway.cli import build_parser\n"
+        "from gateway.config import load_config\n"
+        "from gateway.app import Gateway\n"
+        "build_parser()\n"
+        "Gateway(load_config('examples/node.yaml'))\n"
+        "print(sorted(m for m in ('cv2', 'numpy', 'onnxruntime', 'firmware_sim.demo')"
+        " if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
