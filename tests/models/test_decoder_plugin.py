@@ -3,8 +3,6 @@ package whose model.yaml names the plugin's decoder, detections out."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from models.api import Decoded, ModelSpec
 from models.package import ModelError
 from models.plugins import DecoderRegistry, builtin_decoders, installed_decoders
 from models.runtime import LoadedModel
+from tests.gateway.test_cli import cli
 from tests.models.onnx_builders import constant_model, detect_spec, package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,14 +78,7 @@ def test_a_plugin_that_raises_fails_its_model_not_the_caller(tmp_path: Path) -> 
 
 
 def test_cityneuron_plugins_lists_the_decoder() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "plugins"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = cli("plugins")
     assert result.returncode == 0, result.stderr
     assert "yolov7_nms     cityneuron-acme-decoders (acme_decoders.yolov7:yolov7_nms)" in (
         result.stdout
