@@ -287,13 +287,34 @@ class ModbusSimServer:
         self.baudrate = baudrate
         self.corrupted = 0
         self._corrupt_next = 0
+        self.shortened = 0
+        self._shorten_next = 0
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
 
     def corrupt(self, n: int = 1) -> None:
         """Garble the next `n` answers (one byte flipped: a CRC or framing error)."""
         self._corrupt_next += n
 
+    def shorten(self, n: int = 1) -> None:
+        """Answer the next `n` register reads (FC3/FC4, Modbus TCP) with one register
+        fewer than asked, in a well-formed frame: a firmware bug seen in the field."""
+        self._shorten_next += n
+
+    def _short(self, data: bytes) -> bytes | None:
+        # MBAP (transaction, protocol, length, unit) + function, byte count, registers
+        if len(data) < 11 or data[7] not in (3, 4) or data[8] < 2:
+            return None
+        count = data[8] - 2
+        length = int.from_bytes(data[4:6], "big") - 2
+        return data[:4] + length.to_bytes(2, "big") + data[6:8] + bytes([count]) + data[9:-2]
+
     def _trace(self, sending: bool, data: bytes) -> bytes:
+        if sending and self._shorten_next > 0 and self.serial_port is None:
+            short = self._short(data)
+            if short is not None:
+                self._shorten_next -= 1
+                self.shortened += 1
+                return short
         if sending and self._corrupt_next > 0 and len(data) > 2:
             self._corrupt_next -= 1
             self.corrupted += 1

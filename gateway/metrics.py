@@ -71,6 +71,11 @@ def driver_metrics(drivers: Mapping[str, DriverComponent]) -> Iterator[Metric]:
     )
     polls = CounterMetricFamily("cityneuron_driver_polls", "Polls", labels=["device"])
     errors = CounterMetricFamily("cityneuron_driver_errors", "Failed polls", labels=["device"])
+    malformed = CounterMetricFamily(
+        "cityneuron_driver_malformed_answers",
+        "Answers that were not what was asked (short, long, undecodable)",
+        labels=["device"],
+    )
     rejected = CounterMetricFamily(
         "cityneuron_driver_rejected_frames", "Frames rejected", labels=["device", "reason"]
     )
@@ -85,11 +90,13 @@ def driver_metrics(drivers: Mapping[str, DriverComponent]) -> Iterator[Metric]:
         if hasattr(driver, "polls"):
             polls.add_metric([device_id], driver.polls)
             errors.add_metric([device_id], driver.errors)
+        if hasattr(driver, "malformed"):
+            malformed.add_metric([device_id], driver.malformed)
         for reason, n in getattr(driver, "rejected", {}).items():
             rejected.add_metric([device_id, reason], n)
         if callable(stats := getattr(driver, "camera_stats", None)):
             cameras[device_id] = stats()
-    yield from (online, readings, polls, errors, rejected)
+    yield from (online, readings, polls, errors, malformed, rejected)
     if cameras:
         for key in next(iter(cameras.values())):
             family = CounterMetricFamily(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Self
@@ -178,6 +179,8 @@ class ModbusDriver(Driver):
         self.online: bool | None = None
         self.polls = 0
         self.errors = 0
+        self.malformed = 0  # answers that were well-framed but not what was asked
+        self._malformed_since: str | None = None  # the first reason of a streak
         self._retry_at = 0.0
         self._failures = 0
         self._reporter = Reporter(config.report)
@@ -313,7 +316,21 @@ class ModbusDriver(Driver):
             state = self._blocks[key] = _BlockState(
                 BlockDecoder(block.points, block.start, self.profile)
             )
-        raw = state.decoder.raw(data)
+        # the device's answer is outside data: it may be short, long or nonsense
+        if len(data) != block.count:
+            kind = "bits" if block.table.is_bit else "registers"
+            why = f"answered {len(data)} {kind} to a read of {block.count}"
+            self._malformed_answer(block, state, why, values)
+            return
+        try:
+            raw = state.decoder.raw(data)
+            decoded = [state.decoder.value(i, item) for i, item in enumerate(raw)]
+        except (struct.error, IndexError, TypeError, ValueError, OverflowError) as exc:
+            self._malformed_answer(block, state, f"undecodable answer ({exc})", values)
+            return
+        if self._malformed_since is not None and self._ctx is not None:
+            self._ctx.logger.info("device %s answers well again", self.device_id)
+            self._malformed_since = None
         now = self._now()
         periodic_due = self.cfg.report.mode != "on_change" and now >= state.next_periodic
         if raw == state.last_raw and not periodic_due:
@@ -322,9 +339,33 @@ class ModbusDriver(Driver):
         points = state.decoder.points
         for i, item in enumerate(raw):
             if last is None or periodic_due or item != last[i]:
-                values[points[i].name] = (state.decoder.value(i, item), Quality.GOOD)
+                values[points[i].name] = (decoded[i], Quality.GOOD)
         state.last_raw = raw
         state.dirty = True
+
+    def _malformed_answer(
+        self,
+        block: ReadBlock,
+        state: _BlockState,
+        why: str,
+        values: dict[str, tuple[Value, Quality]],
+    ) -> None:
+        """A well-framed answer that is not what was asked: this poll's values of the
+        block are bad (the device is online: it answers), counted, logged once a streak."""
+        self.errors += 1
+        self.malformed += 1
+        if self._malformed_since is None and self._ctx is not None:
+            self._ctx.logger.warning(
+                "device %s: %s %d: %s; its points are reported bad until it answers well",
+                self.device_id,
+                block.table.value,
+                block.start,
+                why,
+            )
+        self._malformed_since = why
+        state.last_raw = None  # the next good answer reports every point again
+        for point in block.points:
+            values[point.name] = (None, Quality.BAD)
 
     def _now(self) -> float:
         return self._ctx.clock.monotonic() if self._ctx is not None else time.monotonic()

@@ -213,3 +213,33 @@ async def test_corrupted_frames_are_counted_and_recovered_from(tmp_path: Path) -
     assert line_.corrupt_frames == 3
     offline = [r for r in h.records if getattr(r, "kind", "") == "device.offline"]
     assert "garbled answer" in offline[0].message  # type: ignore[union-attr]
+
+
+async def test_a_short_answer_makes_its_points_bad_not_the_driver_fail() -> None:
+    """A slave that answers a read with one register fewer than asked (a well-formed frame)
+    costs that poll's values, reported `bad`; the driver neither raises nor restarts."""
+    slave = SimSlave(unit=1, profile=load_profile("manhole_cover"))
+    async with ModbusSimServer([slave]) as server:
+        cfg = modbus_config(
+            id="mh",
+            profile="manhole_cover",
+            unit=1,
+            poll_interval=0.05,
+            connection={"kind": "tcp", "host": "127.0.0.1", "port": server.port},
+        )
+        async with running(cfg) as h:
+            driver = h.drivers["mh"]
+            await h.wait(lambda: driver.online is True)
+            errors = driver.errors
+            server.shorten(5)
+            await h.wait(lambda: server.shortened == 5)
+            await h.wait(lambda: driver.malformed >= 5)
+            good_after = len(h.readings("mh"))
+            await h.wait(lambda: len(h.readings("mh")) > good_after)
+            bad = [r for r in h.readings("mh") if r.quality.value == "bad"]
+            assert bad and all(r.value is None for r in bad)
+            assert driver.errors >= errors + 5
+            assert driver.online is True  # the device answers: it is its data that is wrong
+            last = h.readings("mh")[-1]
+    assert last.quality.value == "good"  # the next good answer is reported again
+    assert h.events("mh") == ["device.online"]
