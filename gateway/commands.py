@@ -4,12 +4,14 @@ A command is a JSON object ``{"id": "...", "args": {...}}`` (both optional) publ
 ``{prefix}/{node}/cmd/{name}`` or ``{prefix}/fleet/{group}/cmd/{name}``. Every command
 gets exactly one reply ``{"id", "command_id", "node", "command", "ok", "result" | "error"}``;
 a command that is malformed, unknown or too large gets an error reply and changes nothing.
-A redelivered command (same id) is answered from a bounded cache instead of being run
-twice.
+A redelivered command (same id and the same content) is answered from a bounded cache
+instead of being run twice; the same id with other content is refused (`duplicate_id`).
+Payloads are bounded in size and in nesting depth before anything looks inside them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import OrderedDict
@@ -23,6 +25,8 @@ from gateway.kernel.refusal import Refused
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+MAX_DEPTH = 32  # nesting of objects and arrays in a command; real ones use 3 or 4
 
 
 class CommandError(Refused):
@@ -53,13 +57,34 @@ class Reply:
         return out
 
 
+def parse_json(payload: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """`payload` as JSON, refused (`CommandError` malformed) when it is not JSON or nests
+    deeper than `max_depth`. Python's parser recurses: a deep document must not reach it
+    unchecked."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError("malformed", f"payload is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise CommandError("malformed", f"payload nests deeper than {max_depth}") from None
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                raise CommandError("malformed", f"payload nests deeper than {max_depth}")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return body
+
+
 class CommandRouter:
     """Named command handlers plus the rules every command goes through."""
 
     def __init__(self, *, max_bytes: int = 1024 * 1024, remember: int = 256) -> None:
         self.max_bytes = max_bytes
         self._handlers: dict[str, Handler] = {}
-        self._recent: OrderedDict[str, Reply] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[str, Reply]] = OrderedDict()  # id -> digest
         self._remember = remember
         self.handled = 0
         self.refused = 0
@@ -88,9 +113,23 @@ class CommandRouter:
             self.refused += 1
             logger.warning("command %s refused: %s", name, exc.message)
             return Reply(name, None, ok=False, error_code=exc.code, error=exc.message)
+        digest = hashlib.sha256(name.encode() + b"\0" + payload).hexdigest()
         if command_id is not None and command_id in self._recent:
-            logger.info("command %s %s is a repeat; answering from cache", name, command_id)
-            return self._recent[command_id]
+            seen, cached = self._recent[command_id]
+            if seen == digest:
+                logger.info("command %s %s is a repeat; answering from cache", name, command_id)
+                return cached
+            self.refused += 1
+            logger.warning(
+                "command %s refused: id %s was used for another command", name, command_id
+            )
+            return Reply(
+                name,
+                command_id,
+                ok=False,
+                error_code="duplicate_id",
+                error=f"id {command_id!r} was already used for another command; use a new id",
+            )
         try:
             result = await self._handlers[name](args)
         except Refused as exc:  # a CommandError, or a refusal from a layer below
@@ -111,7 +150,7 @@ class CommandRouter:
             self.handled += 1
             reply = Reply(name, command_id, ok=True, result=result)
         if command_id is not None:
-            self._recent[command_id] = reply
+            self._recent[command_id] = (digest, reply)
             while len(self._recent) > self._remember:
                 self._recent.popitem(last=False)
         return reply
@@ -126,10 +165,7 @@ class CommandRouter:
             )
         if not payload.strip():
             return None, {}
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CommandError("malformed", f"payload is not valid JSON: {exc}") from exc
+        body = parse_json(payload)
         if not isinstance(body, dict):
             raise CommandError("malformed", "payload must be a JSON object")
         unknown = set(body) - {"id", "args", "reply_to", "correlation_id"}

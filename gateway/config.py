@@ -115,6 +115,11 @@ class MqttSection(Section):
     max_command_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest command payload accepted."
     )
+    reply_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Topic prefixes replies may be sent under (e.g. ops/replies/); empty: "
+        "any topic outside the cityneuron prefix, or this node's own replies.",
+    )
 
     @property
     def effective_port(self) -> int:

@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import gateway
-from gateway.commands import CommandRouter, Reply
+from gateway.commands import CommandError, CommandRouter, Reply, parse_json
 from gateway.config import MqttSection
 from gateway.health import failing_entry
 from gateway.kernel.backoff import backoff
@@ -36,6 +36,8 @@ from gateway.nodestate import MAX_REPORTED, Readiness
 from gateway.outbox import Message, Outbox
 
 logger = logging.getLogger(__name__)
+
+MAX_PENDING = 64  # commands waiting to run; more at once are answered busy
 
 
 class Topics:
@@ -53,6 +55,27 @@ class Topics:
 
     def reply(self, command: str) -> str:
         return f"{self.root}/replies/{command}"
+
+    def reply_problem(self, topic: str, allowed: list[str]) -> str | None:
+        """Why the node must not publish a reply on `topic`, or None.
+
+        A sender chooses its reply topic; the node still publishes only where a reply
+        belongs: no wildcards, nothing under the cityneuron prefix but its own replies and
+        operators' inboxes (``{prefix}/operators/``; never another node's commands or
+        status), and under `allowed` when set."""
+        if not topic or len(topic.encode()) > 512:
+            return "the reply topic must be 1 to 512 bytes"
+        if any(c in topic for c in "+#\0") or topic.startswith("$"):
+            return f"the reply topic {topic!r} has a wildcard or is a system topic"
+        own = (f"{self.root}/replies/", f"{self._prefix}/operators/")
+        if topic.startswith(f"{self._prefix}/") and not topic.startswith(own):
+            return (
+                f"replies go under {own[0]}, {own[1]} or outside {self._prefix}/, "
+                f"not to {topic!r}"
+            )
+        if allowed and not topic.startswith(own) and not any(topic.startswith(a) for a in allowed):
+            return f"the reply topic {topic!r} is not under mqtt.reply_prefixes"
+        return None
 
     def command_name(self, topic: str) -> str | None:
         """The command name if `topic` is one of this node's command topics."""
@@ -87,6 +110,7 @@ class Uplink:
         self.connected = asyncio.Event()
         self.connects = 0
         self.published = 0
+        self.commands_busy = 0  # commands answered busy: the intake was full
         self._inflight: dict[int, Message] = {}
         self._slot_free = asyncio.Event()
         self._down_since: float | None = None
@@ -152,9 +176,20 @@ class Uplink:
             will=aiomqtt.Will(self.topics.status, self._status("offline"), qos=1, retain=True),
             tls_context=tls,
             max_inflight_messages=cfg.max_inflight,
-            max_queued_incoming_messages=100,
+            # the queue between paho and the command intake; the intake itself is bounded
+            max_queued_incoming_messages=1000,
             timeout=max(10.0, cfg.keepalive),
+            properties=self._connect_properties(),
         )
+
+    def _connect_properties(self) -> Properties | None:
+        if not self.v5:
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # the broker never sends the node a packet larger than this (MQTT 5): an oversized
+        # command is dropped at the broker, not buffered here (room for topic, properties)
+        props.MaximumPacketSize = self.config.max_command_bytes + 64 * 1024
+        return props
 
     async def _session(self, tls: ssl.SSLContext | None) -> None:
         async with self._client(tls) as client:
@@ -268,31 +303,63 @@ class Uplink:
     # --- commands ----------------------------------------------------------------------
 
     async def _command_loop(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            name = self.topics.command_name(str(message.topic))
-            if name is None:
-                continue
-            payload = (
-                message.payload
-                if isinstance(message.payload, bytes)
-                else str(message.payload).encode()
-            )
-            reply = await self.commands.handle(name, payload)
-            await self._reply(client, message, name, payload, reply)
+        """Take commands off the connection as fast as they come; run them one by one.
 
-    async def _reply(
-        self,
-        client: aiomqtt.Client,
-        message: aiomqtt.Message,
-        name: str,
-        payload: bytes,
-        reply: Reply,
+        At most `MAX_PENDING` wait: beyond that a command is answered `busy` (QoS 0, so the
+        answer costs no round trip) and counted, never dropped silently."""
+        pending: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(MAX_PENDING)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._run_commands(client, pending), name="uplink.commands")
+            async for message in client.messages:
+                if self.topics.command_name(str(message.topic)) is None:
+                    continue
+                try:
+                    pending.put_nowait(message)
+                except asyncio.QueueFull:
+                    await self._busy(client, message)
+
+    async def _busy(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        self.commands_busy += 1
+        if self.commands_busy == 1 or self.commands_busy % 1000 == 0:
+            logger.warning(
+                "command intake full (%d waiting): %d command(s) answered busy so far",
+                MAX_PENDING,
+                self.commands_busy,
+            )
+        name = self.topics.command_name(str(message.topic)) or "?"
+        reply = Reply(
+            name, None, ok=False, error_code="busy", error="too many commands at once; retry"
+        )
+        await self._reply(client, message, reply, qos=0)
+
+    async def _run_commands(
+        self, client: aiomqtt.Client, pending: asyncio.Queue[aiomqtt.Message]
     ) -> None:
-        body = reply.to_dict(self.node)
-        topic = self.topics.reply(name)
+        while True:
+            message = await pending.get()
+            name = self.topics.command_name(str(message.topic)) or "?"
+            payload = _payload(message)
+            problem = self._reply_topic(message, payload)[2]
+            if problem is not None:
+                self.commands.refused += 1
+                logger.warning("command %s refused: %s", name, problem)
+                reply = Reply(name, None, ok=False, error_code="bad_reply_topic", error=problem)
+            else:
+                reply = await self.commands.handle(name, payload)
+            await self._reply(client, message, reply)
+
+    def _reply_topic(
+        self, message: aiomqtt.Message, payload: bytes
+    ) -> tuple[str, Properties | None, str | None, dict[str, Any]]:
+        """Where the reply goes, its properties, why not there (then: the default topic),
+        and fields to add to its body."""
+        name = self.topics.command_name(str(message.topic)) or "?"
+        default = self.topics.reply(name)
+        extra: dict[str, Any] = {}
         props: Properties | None = None
         in_props = message.properties
         response_topic = getattr(in_props, "ResponseTopic", None) if self.v5 else None
+        topic: str | None = None
         if isinstance(response_topic, str) and response_topic:
             topic = response_topic
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -302,13 +369,26 @@ class Uplink:
                 props.CorrelationData = correlation
         else:
             # MQTT 3.1.1 clients name their reply topic and correlation in the payload
-            fields = _json_fields(payload)
+            fields = _json_fields(payload, self.commands.max_bytes)
             if isinstance(fields.get("reply_to"), str) and fields["reply_to"]:
                 topic = fields["reply_to"]
             if "correlation_id" in fields:
-                body["correlation_id"] = fields["correlation_id"]
+                extra["correlation_id"] = fields["correlation_id"]
+        if topic is None:
+            return default, props, None, extra
+        problem = self.topics.reply_problem(topic, self.config.reply_prefixes)
+        if problem is not None:
+            return default, None, problem, extra
+        return topic, props, None, extra
+
+    async def _reply(
+        self, client: aiomqtt.Client, message: aiomqtt.Message, reply: Reply, *, qos: int = 1
+    ) -> None:
+        body = reply.to_dict(self.node)
+        topic, props, _problem, extra = self._reply_topic(message, _payload(message))
+        body.update(extra)
         await client.publish(
-            topic, json.dumps(body, separators=(",", ":")), qos=1, properties=props
+            topic, json.dumps(body, separators=(",", ":")), qos=qos, properties=props
         )
 
 
@@ -333,9 +413,17 @@ def _release_frames(exc: BaseException) -> None:
             stack.extend(e.exceptions)
 
 
-def _json_fields(payload: bytes) -> dict[str, Any]:
+def _payload(message: aiomqtt.Message) -> bytes:
+    if isinstance(message.payload, bytes):
+        return message.payload
+    return str(message.payload).encode()
+
+
+def _json_fields(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(payload) > max_bytes:
+        return {}
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = parse_json(payload)
+    except CommandError:
         return {}
     return body if isinstance(body, dict) else {}

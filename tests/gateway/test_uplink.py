@@ -179,8 +179,18 @@ async def test_commands_get_replies_on_the_response_topic(
         unknown = await _command(broker, f"{base}/selfdestruct", b"{}")
         assert unknown["error"]["code"] == "unknown_command"  # type: ignore[index]
 
+        # MQTT 5: the node announced its Maximum Packet Size, the broker keeps it away
+        async with collect(broker, "test/replies/#") as sub:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "test/replies/big"
+            await sub.publish(
+                f"{base}/ping", b'{"args": {"x": "' + b"a" * 2_000_000 + b'"}}', properties=props
+            )
+            await asyncio.sleep(1.0)
+            assert sub.on("test/replies/big") == []
+        # a client of the broker's own size limit still gets a refusal (the node's check)
         big = await _command(
-            broker, f"{base}/ping", b'{"args": {"x": "' + b"a" * 2_000_000 + b'"}}'
+            broker, f"{base}/ping", b'{"args": {"x": "' + b"a" * 1_050_000 + b'"}}'
         )
         assert big["error"]["code"] == "too_large"  # type: ignore[index]
 

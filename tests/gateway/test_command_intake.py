@@ -1,0 +1,137 @@
+"""Hostile and clumsy commands against a real node and Mosquitto: each gets a clear
+refusal (or is counted), and the connection and the node stay up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiomqtt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from firmware_sim.broker import MosquittoBroker
+from gateway.commands import CommandRouter
+from tests.gateway.test_uplink import config, running
+from tests.mqtt import Collector, collect
+
+BASE = "cityneuron/v1/n1/cmd"
+
+
+def props(reply_topic: str) -> Properties:
+    p = Properties(PacketTypes.PUBLISH)
+    p.ResponseTopic = reply_topic
+    return p
+
+
+def replies(sub: Collector, topic: str) -> list[dict[str, object]]:
+    return [m.json() for m in sub.on(topic)]
+
+
+async def test_deep_json_and_bad_reply_topics_are_refused_and_the_uplink_stays(
+    tmp_path, broker: MosquittoBroker
+) -> None:
+    async with (
+        collect(broker, "test/#", "cityneuron/v1/n1/replies/#", "cityneuron/v1/n2/#") as sub,
+        running(config(tmp_path, broker)) as gw,
+    ):
+        assert gw.uplink is not None
+        await asyncio.wait_for(gw.uplink.connected.wait(), 10)
+        connects = gw.uplink.connects
+
+        deep = b'{"args": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+        await sub.publish(f"{BASE}/ping", deep, properties=props("test/deep"))
+        await sub.wait(lambda: bool(sub.on("test/deep")))
+        (reply,) = replies(sub, "test/deep")
+        assert reply["error"] == {"code": "malformed", "message": "payload nests deeper than 32"}
+
+        for bad in ("a/+/#", "cityneuron/v1/n2/cmd/write", "cityneuron/v1/n2/status", "$SYS/x"):
+            await sub.publish(f"{BASE}/ping", b"{}", properties=props(bad))
+        await sub.wait(lambda: len(sub.on("/n1/replies/ping")) == 4)
+        codes = {r["error"]["code"] for r in replies(sub, "/n1/replies/ping")}  # type: ignore[index]
+        assert codes == {"bad_reply_topic"}
+        assert sub.matching(lambda m: m.topic.startswith("cityneuron/v1/n2/")) == []
+
+        # MQTT 3.1.1 style: the reply topic in the payload is checked the same way
+        await sub.publish(f"{BASE}/ping", json.dumps({"reply_to": "x/#"}).encode())
+        await sub.wait(lambda: len(sub.on("/n1/replies/ping")) == 5)
+
+        await asyncio.sleep(0.5)
+        assert gw.uplink.connects == connects  # never reconnected
+        await sub.publish(f"{BASE}/ping", b'{"id": "alive"}', properties=props("test/alive"))
+        await sub.wait(lambda: bool(sub.on("test/alive")))
+        assert replies(sub, "test/alive")[0]["ok"] is True
+
+
+async def test_a_reused_id_with_other_content_is_refused_not_answered_from_cache(
+    tmp_path, broker: MosquittoBroker
+) -> None:
+    async with collect(broker, "test/#") as sub, running(config(tmp_path, broker)) as gw:
+        assert gw.uplink is not None
+        await asyncio.wait_for(gw.uplink.connected.wait(), 10)
+        await sub.publish(f"{BASE}/ping", b'{"id": "k1"}', properties=props("test/a"))
+        await sub.wait(lambda: bool(sub.on("test/a")))
+        write = b'{"id": "k1", "args": {"device": "x", "point": "p", "value": 1}}'
+        await sub.publish(f"{BASE}/write", write, properties=props("test/b"))
+        await sub.publish(f"{BASE}/ping", b'{"id": "k1"}', properties=props("test/c"))
+        await sub.wait(lambda: bool(sub.on("test/b")) and bool(sub.on("test/c")))
+    assert replies(sub, "test/b")[0]["error"]["code"] == "duplicate_id"  # type: ignore[index]
+    assert replies(sub, "test/c")[0]["ok"] is True  # the same command again: from cache
+
+
+async def test_a_flood_of_commands_gets_a_reply_each_busy_or_done(
+    tmp_path, broker: MosquittoBroker
+) -> None:
+    n = 2000
+    async with collect(broker, "test/#") as sub, running(config(tmp_path, broker)) as gw:
+        assert gw.uplink is not None
+        await asyncio.wait_for(gw.uplink.connected.wait(), 10)
+        async with aiomqtt.Client(
+            broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as flood:
+            for i in range(n):
+                await flood.publish(
+                    f"{BASE}/ping", f'{{"id": "f{i}"}}'.encode(), qos=0, properties=props("test/f")
+                )
+        await sub.wait(lambda: len(sub.on("test/f")) == n, timeout=60)
+        busy = gw.uplink.commands_busy
+    got = replies(sub, "test/f")
+    done = [r for r in got if r["ok"]]
+    refused = [r for r in got if not r["ok"]]
+    assert all(r["error"]["code"] == "busy" for r in refused)  # type: ignore[index]
+    assert len(done) + len(refused) == n
+    assert len(refused) == busy
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+async def test_any_payload_gets_a_reply_and_never_raises(payload: bytes) -> None:
+    router = CommandRouter(max_bytes=1024)
+
+    async def ping(args: dict[str, object]) -> dict[str, object]:
+        return {"pong": True}
+
+    router.register("ping", ping)
+    reply = await router.handle("ping", payload)
+    assert reply.ok or reply.error_code in ("malformed", "too_large")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(max_size=5),
+        lambda c: st.lists(c) | st.dictionaries(st.text(max_size=3), c),
+        max_leaves=50,
+    )
+)
+async def test_json_of_any_shape_is_parsed_or_refused_as_malformed(args: object) -> None:
+    router = CommandRouter()
+
+    async def echo(a: dict[str, object]) -> dict[str, object]:
+        return a
+
+    router.register("echo", echo)
+    reply = await router.handle("echo", json.dumps({"args": {"v": args}}).encode())
+    assert reply.ok or reply.error_code == "malformed"
