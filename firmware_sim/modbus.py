@@ -285,10 +285,8 @@ class ModbusSimServer:
         self.port = port
         self.serial_port = serial_port
         self.baudrate = baudrate
-        self.corrupted = 0
-        self._corrupt_next = 0
-        self.shortened = 0
-        self._shorten_next = 0
+        self.corrupted = self.shortened = 0  # answers garbled, answers shortened
+        self._corrupt_next = self._shorten_next = 0
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
 
     def corrupt(self, n: int = 1) -> None:

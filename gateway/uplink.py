@@ -70,8 +70,7 @@ class Topics:
         own = (f"{self.root}/replies/", f"{self._prefix}/operators/")
         if topic.startswith(f"{self._prefix}/") and not topic.startswith(own):
             return (
-                f"replies go under {own[0]}, {own[1]} or outside {self._prefix}/, "
-                f"not to {topic!r}"
+                f"replies go under {own[0]}, {own[1]} or outside {self._prefix}/, not to {topic!r}"
             )
         if allowed and not topic.startswith(own) and not any(topic.startswith(a) for a in allowed):
             return f"the reply topic {topic!r} is not under mqtt.reply_prefixes"
