@@ -22,14 +22,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client.core import Metric
-
-if TYPE_CHECKING:
-    from gateway.discovery import Announcement
 
 from drivers.api import WriteError
 from drivers.sharing import SharedResources
@@ -64,6 +59,9 @@ from gateway.uplink import Uplink
 from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
 from rules.store import RuleStore
+
+if TYPE_CHECKING:
+    from gateway.discovery import Announcement
 
 CORE = frozenset({"outbox", "uplink", "rules"})  # the components whose failure ends the node
 
@@ -134,7 +132,7 @@ class Gateway:
         self.add_metrics(functools.partial(driver_metrics, self.drivers))
         self.add_metrics(functools.partial(bus_metrics, self.bus))
         if cfg.http.enabled:
-            self.http = HealthServer(self.state, [self.extra_metrics], cfg.http.host, cfg.http.port)
+            self.http = HealthServer(self.state, self._metric_sources, cfg.http.host, cfg.http.port)
             components.append(self.http)
         ttl = cfg.outbox.ttl
         self.outbox = Outbox(
@@ -309,10 +307,6 @@ class Gateway:
     def add_metrics(self, source: MetricSource) -> None:
         """Register a source of Prometheus metric families, read at every scrape."""
         self._metric_sources.append(source)
-
-    def extra_metrics(self) -> Iterator[Metric]:
-        for source in self._metric_sources:
-            yield from source()
 
     async def write(self, device: str, point: str, value: Any) -> None:
         """Write a device point (commands and rule actions); raises WriteError."""

@@ -277,10 +277,12 @@ def _add_plugin_commands(sub: Any) -> None:
     from gateway.kernel.plugins import PluginFailure, load_group  # noqa: PLC0415
 
     for item in load_group(COMMAND_GROUP):
-        if isinstance(item, PluginFailure) or not callable(item.obj):
-            logger.warning("command plugin %s skipped: %s", item.name, getattr(item, "reason", ""))
-            continue
-        item.obj(sub)
+        if isinstance(item, PluginFailure):
+            logger.warning("command plugin %s skipped: %s", item.name, item.reason)
+        elif not callable(item.obj):
+            logger.warning("command plugin %s skipped: %r is not callable", item.name, item.obj)
+        else:
+            item.obj(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,30 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.kernel.backoff import backoff
-from gateway.kernel.component import ComponentState, ComponentStatus, Ready
+from gateway.kernel.component import ComponentState, Ready
 from gateway.metrics import MetricSource, SourcesCollector
 from gateway.nodestate import Readiness
 
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def failing_entry(c: ComponentStatus) -> dict[str, object]:
-    """How a failing component is described in /readyz and the status message."""
-    return {
-        "component": c.name,
-        "error": c.error,
-        "since": c.failing_since,
-        "failures": c.failures,
-        "state": c.state.value,
-    }
 
 
 class HealthServer:
@@ -49,7 +38,7 @@ class HealthServer:
     def __init__(
         self,
         state: Readiness,
-        metrics: Iterable[MetricSource] = (),
+        metrics: Sequence[MetricSource] = (),
         host: str = "127.0.0.1",
         port: int = 9102,
     ) -> None:
@@ -74,7 +63,7 @@ class HealthServer:
             for c in states
             if c.state not in (ComponentState.RUNNING, ComponentState.STOPPED)
         ]
-        failing = [failing_entry(c) for c in states if c.failing]
+        failing = [c.to_dict() for c in states if c.failing]
         ready = self.state.is_ready()
         return web.json_response(
             {

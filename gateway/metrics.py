@@ -5,7 +5,7 @@ source per part it has (gateway/app.py), and health.py serves them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -34,10 +34,11 @@ CLASSES = ("alarm", "event", "telemetry")
 
 
 class SourcesCollector(Collector):
-    """A Prometheus collector reading the given sources when scraped."""
+    """A Prometheus collector reading the given sources when scraped (the list itself:
+    sources added to it later are read too)."""
 
-    def __init__(self, sources: Iterable[MetricSource]) -> None:
-        self.sources = list(sources)
+    def __init__(self, sources: Sequence[MetricSource]) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
         for source in self.sources:

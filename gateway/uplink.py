@@ -18,6 +18,7 @@ import logging
 import ssl
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -27,7 +28,6 @@ from paho.mqtt.properties import Properties
 import gateway
 from gateway.commands import CommandError, CommandRouter, Reply, parse_json
 from gateway.config import MqttSection
-from gateway.health import failing_entry
 from gateway.kernel.backoff import backoff
 from gateway.kernel.cancel import raise_if_cancelling
 from gateway.kernel.component import Ready
@@ -158,7 +158,7 @@ class Uplink:
         if state == "online" and self.state is not None:
             failing = self.state.failing()
             body["degraded"] = bool(failing)
-            body["failing"] = [failing_entry(c) for c in failing[:MAX_REPORTED]]
+            body["failing"] = [c.to_dict() for c in failing[:MAX_REPORTED]]
         return json.dumps(body, separators=(",", ":")).encode()
 
     def _client(self, tls: ssl.SSLContext | None) -> aiomqtt.Client:
@@ -329,7 +329,7 @@ class Uplink:
         reply = Reply(
             name, None, ok=False, error_code="busy", error="too many commands at once; retry"
         )
-        await self._reply(client, message, reply, qos=0)
+        await self._reply(client, self._reply_target(message, _payload(message)), reply, qos=0)
 
     async def _run_commands(
         self, client: aiomqtt.Client, pending: asyncio.Queue[aiomqtt.Message]
@@ -338,20 +338,20 @@ class Uplink:
             message = await pending.get()
             name = self.topics.command_name(str(message.topic)) or "?"
             payload = _payload(message)
-            problem = self._reply_topic(message, payload)[2]
-            if problem is not None:
+            target = self._reply_target(message, payload)
+            if target.problem is not None:
                 self.commands.refused += 1
-                logger.warning("command %s refused: %s", name, problem)
-                reply = Reply(name, None, ok=False, error_code="bad_reply_topic", error=problem)
+                logger.warning("command %s refused: %s", name, target.problem)
+                reply = Reply(
+                    name, None, ok=False, error_code="bad_reply_topic", error=target.problem
+                )
             else:
                 reply = await self.commands.handle(name, payload)
-            await self._reply(client, message, reply)
+            await self._reply(client, target, reply)
 
-    def _reply_topic(
-        self, message: aiomqtt.Message, payload: bytes
-    ) -> tuple[str, Properties | None, str | None, dict[str, Any]]:
-        """Where the reply goes, its properties, why not there (then: the default topic),
-        and fields to add to its body."""
+    def _reply_target(self, message: aiomqtt.Message, payload: bytes) -> _ReplyTarget:
+        """Where the reply to `message` goes (the default topic, when the one it names is
+        refused, with the reason)."""
         name = self.topics.command_name(str(message.topic)) or "?"
         default = self.topics.reply(name)
         extra: dict[str, Any] = {}
@@ -374,21 +374,27 @@ class Uplink:
             if "correlation_id" in fields:
                 extra["correlation_id"] = fields["correlation_id"]
         if topic is None:
-            return default, props, None, extra
+            return _ReplyTarget(default, props, None, extra)
         problem = self.topics.reply_problem(topic, self.config.reply_prefixes)
         if problem is not None:
-            return default, None, problem, extra
-        return topic, props, None, extra
+            return _ReplyTarget(default, None, problem, extra)
+        return _ReplyTarget(topic, props, None, extra)
 
     async def _reply(
-        self, client: aiomqtt.Client, message: aiomqtt.Message, reply: Reply, *, qos: int = 1
+        self, client: aiomqtt.Client, target: _ReplyTarget, reply: Reply, *, qos: int = 1
     ) -> None:
-        body = reply.to_dict(self.node)
-        topic, props, _problem, extra = self._reply_topic(message, _payload(message))
-        body.update(extra)
+        body = {**reply.to_dict(self.node), **target.extra}
         await client.publish(
-            topic, json.dumps(body, separators=(",", ":")), qos=qos, properties=props
+            target.topic, json.dumps(body, separators=(",", ":")), qos=qos, properties=target.props
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplyTarget:
+    topic: str
+    props: Properties | None
+    problem: str | None  # why the topic the command named is refused
+    extra: dict[str, Any]  # fields for the reply's body (MQTT 3.1.1 correlation)
 
 
 def _release_frames(exc: BaseException) -> None:

@@ -43,6 +43,16 @@ class ComponentStatus:
     error: str | None = None  # the last failure, while failing
     failing_since: str | None = None  # UTC ISO time of the first failure of the streak
 
+    def to_dict(self) -> dict[str, object]:
+        """As /readyz and the status message list a failing component."""
+        return {
+            "component": self.name,
+            "error": self.error,
+            "since": self.failing_since,
+            "failures": self.failures,
+            "state": self.state.value,
+        }
+
     @property
     def failing(self) -> bool:
         """Failed and not yet shown to have recovered (ready, or running a while)."""
