@@ -23,12 +23,14 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivers.api import WriteError
 from drivers.sharing import SharedResources
 from gateway import __version__
+from gateway.authz import AuditLog, CommandAuth, CommandGuard, OperatorKey
 from gateway.bus import Bus
 from gateway.commands import CommandError, CommandRouter
 from gateway.config import NodeConfig
@@ -73,6 +75,12 @@ RESTART_DRIVER = RestartPolicy(give_up=False, stable_after=10.0)
 logger = logging.getLogger(__name__)
 
 
+def _write_role(args: dict[str, Any]) -> str:
+    """A write needs role write:<device> of its signer."""
+    device = args.get("device")
+    return f"write:{device}" if isinstance(device, str) else "write:"
+
+
 class Gateway:
     """A running node: config in, components supervised, orderly shutdown."""
 
@@ -99,7 +107,8 @@ class Gateway:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.commands = CommandRouter(
-            max_bytes=config.mqtt.max_command_bytes if config.mqtt else 1024 * 1024
+            max_bytes=config.mqtt.max_command_bytes if config.mqtt else 1024 * 1024,
+            guard=self._guard(),
         )
         self.drivers: dict[str, DriverComponent] = {}
         self.http: HealthServer | None = None
@@ -110,7 +119,35 @@ class Gateway:
         self.started_at = time.monotonic()
         self.components: list[Component] = [*self._build(), *extra_components]
         self.commands.register("ping", self._cmd_ping)
-        self.commands.register("write", self._cmd_write)
+        self.commands.register("write", self._cmd_write, needs=_write_role)
+
+    def _guard(self) -> CommandGuard:
+        """Authorization and audit of state-changing commands (gateway/authz.py)."""
+        from rules.signing import load_public  # noqa: PLC0415 - cryptography only if used
+
+        cfg = self.config
+        keys = [
+            OperatorKey(k.id, load_public(k.public_key), tuple(k.roles)) for k in cfg.trusted_keys()
+        ]
+        guard = CommandGuard(
+            CommandAuth(
+                keys,
+                require=cfg.security.require_signed_commands,
+                max_lifetime=cfg.security.max_command_lifetime,
+            ),
+            AuditLog(cfg.security.resolved_audit(cfg.node.data_dir)),
+            node=cfg.node.id,
+            report=self.bus.publish,
+        )
+        restored = guard.restore()
+        if restored:
+            logger.info("commands: %d signed command(s) still within their expiry", restored)
+        if not cfg.security.require_signed_commands:
+            logger.warning(
+                "security.require_signed_commands is off: any broker client can write "
+                "points, deploy rules and swap models"
+            )
+        return guard
 
     @property
     def supervisors(self) -> list[Supervisor]:
@@ -188,7 +225,7 @@ class Gateway:
             components.append(self.models)
             self.add_metrics(functools.partial(model_metrics, self.models))
             self.commands.register("models.status", self._cmd_models_status)
-            self.commands.register("models.swap", self._cmd_models_swap)
+            self.commands.register("models.swap", self._cmd_models_swap, needs="models")
         for device in self.config.devices:
             if not device.enabled:
                 logger.info("device %s is disabled in the config", device.id)
@@ -237,11 +274,15 @@ class Gateway:
 
     def _build_rules(self) -> RuleHost:
         cfg = self.config.rules
+        # a bundle is signed by a key with role rules (the same trust store as commands)
+        bundle_keys = [
+            k for k in self.config.trusted_keys() if any(fnmatchcase("rules", r) for r in k.roles)
+        ]
         trusted = {}
-        if cfg.trusted_keys:
+        if bundle_keys:
             from rules.signing import load_public  # noqa: PLC0415 - cryptography only if used
 
-            trusted = {k.id: load_public(k.public_key) for k in cfg.trusted_keys}
+            trusted = {k.id: load_public(k.public_key) for k in bundle_keys}
         self.rules = RuleEngine(node=self.config.node.id, locate=self.location.snapshot)
         self.add_metrics(functools.partial(rule_metrics, self.rules))
         self.deployer = RuleDeployer(
@@ -298,11 +339,27 @@ class Gateway:
             raise CommandError("invalid_args", "models.swap needs args name and path")
         if self.models is None or name not in self.models.packages:
             raise CommandError("unknown_model", f"no model {name!r} on this node")
+        directory = await asyncio.to_thread(self._in_model_store, path)
         try:
-            model = await self.models.swap(name, Path(path))
+            model = await self.models.swap(name, directory)
         except ModelError as exc:
             raise CommandError("model_refused", str(exc)) from None
         return {"name": name, "model": model.spec.name, "version": model.spec.version}
+
+    def _in_model_store(self, path: str) -> Path:
+        """`path` (relative to the model store, or absolute inside it) as a folder inside
+        the store, links resolved; anything else is refused before it is looked at."""
+        store = self.config.models.resolved_store(self.config.node.data_dir).resolve()
+        if "\0" in path or len(path) > 1024:
+            raise CommandError("invalid_args", "path is not a folder name")
+        folder = (store / path).resolve()
+        if folder == store or not folder.is_relative_to(store):
+            raise CommandError(
+                "outside_store",
+                f"models.swap loads only packages inside the model store {store} "
+                "(push the package there first)",
+            )
+        return folder
 
     def add_metrics(self, source: MetricSource) -> None:
         """Register a source of Prometheus metric families, read at every scrape."""

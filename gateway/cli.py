@@ -261,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
 
-    from gateway.cli_rules import add_parsers  # noqa: PLC0415
+    from gateway import cli_cmd, cli_rules  # noqa: PLC0415
 
-    add_parsers(sub)
+    cli_rules.add_parsers(sub)
+    cli_cmd.add_parsers(sub)
     _add_plugin_commands(sub)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -140,6 +141,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from gateway.cli_cmd import UsageError, publish_command, signed  # noqa: PLC0415
+
     if _compiled(args.file) is None:
         return EXIT_USAGE
     text = Path(args.file).read_text(encoding="utf-8")
@@ -152,18 +155,26 @@ def cmd_push(args: argparse.Namespace) -> int:
             f"error: no signature {sig_path} (run `cityneuron rules sign` first)", file=sys.stderr
         )
         return EXIT_USAGE
-    if args.group:
-        topic = f"{args.prefix}/fleet/{args.group}/cmd/rules.deploy"
-    else:
-        topic = f"{args.prefix}/{args.node}/cmd/rules.deploy"
-    replies = asyncio.run(_push(args, topic, command))
+    try:
+        topic, body = signed(args, "rules.deploy", command)
+        replies = asyncio.run(
+            publish_command(args, topic, body, expected=None if args.group else 1)
+        )
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: broker {args.host}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     ok = bool(replies) and all(r.get("ok") for r in replies)
     for reply in replies:
         if reply.get("ok"):
             result = reply.get("result", {})
+            previous = result.get("previous_version")
+            was = "first bundle" if previous is None else f"was version {previous}"
             print(
                 f"{reply.get('node')}: deployed version {result.get('version')} "
-                f"({result.get('rules')} rules, was {result.get('previous_version')})"
+                f"({result.get('rules')} rules, {was})"
             )
         else:
             err = reply.get("error", {})
@@ -171,42 +182,6 @@ def cmd_push(args: argparse.Namespace) -> int:
     if not replies:
         print(f"no reply within {args.wait:g}s", file=sys.stderr)
     return EXIT_OK if ok else EXIT_FAILED
-
-
-async def _push(args: argparse.Namespace, topic: str, command: dict[str, Any]) -> list[Any]:
-    import ssl  # noqa: PLC0415
-
-    import aiomqtt  # noqa: PLC0415
-    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
-    from paho.mqtt.properties import Properties  # noqa: PLC0415
-
-    tls = None
-    if not args.no_tls:
-        tls = ssl.create_default_context(cafile=args.ca_file)
-    reply_topic = f"{args.prefix}/operators/{uuid.uuid4()}"
-    replies: list[Any] = []
-    async with aiomqtt.Client(
-        args.host,
-        args.port or (1883 if args.no_tls else 8883),
-        protocol=aiomqtt.ProtocolVersion.V5,
-        tls_context=tls,
-    ) as client:
-        await client.subscribe(reply_topic, qos=1)
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = reply_topic
-        props.CorrelationData = command["id"].encode()
-        await client.publish(topic, json.dumps(command), qos=1, properties=props)
-        expected = 1 if not args.group else None
-        try:
-            async with asyncio.timeout(args.wait):
-                async for message in client.messages:
-                    payload = message.payload
-                    replies.append(json.loads(payload if isinstance(payload, bytes) else b"{}"))
-                    if expected is not None and len(replies) >= expected:
-                        break
-        except TimeoutError:
-            pass
-    return replies
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
@@ -219,18 +194,27 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         print(f"error: {private_path} exists (use --force to replace it)", file=sys.stderr)
         return EXIT_USAGE
     private, public = generate()
-    private_path.write_bytes(private)
-    private_path.chmod(0o600)
+    if args.force:
+        private_path.unlink(missing_ok=True)
+    # the private key is 0600 from its first byte: never readable by others, whatever the umask
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
     public_path.write_text(public + "\n", encoding="utf-8")
     print(f"private key: {private_path} (keep it off the nodes)")
     print(f"public key:  {public_path}")
-    print("add to the nodes' config:")
-    print(f"rules:\n  trusted_keys:\n    - {{id: {args.id}, public_key: {public}}}")
+    print("add to the nodes' config, with the roles this key may sign:")
+    print(
+        f"security:\n  keys:\n    - {{id: {args.id}, public_key: {public}, "
+        "roles: [rules, models, 'write:*']}"
+    )
     return EXIT_OK
 
 
 def add_parsers(sub: Any) -> None:
     """Register `rules` and `keys` on the main parser's subcommands."""
+    from gateway.cli_cmd import add_connection_options  # noqa: PLC0415
+
     rules = sub.add_parser("rules", help="validate, test, sign and push rule bundles")
     rsub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     p = rsub.add_parser("validate", help="check a bundle (schema and CEL)")
@@ -258,14 +242,19 @@ def add_parsers(sub: Any) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--node", help="node id")
     target.add_argument("--group", help="fleet group")
-    p.add_argument("--host", required=True, help="MQTT broker")
-    p.add_argument("--port", type=int, help="port (8883 with TLS, 1883 without)")
-    p.add_argument("--ca-file", help="CA of the broker's certificate")
-    p.add_argument("--no-tls", action="store_true", help="plain MQTT (test brokers only)")
     p.add_argument("--signature", help="signature file (default: FILE.sig)")
-    p.add_argument("--unsigned", action="store_true", help="push without a signature")
-    p.add_argument("--prefix", default="cityneuron/v1", help="topic prefix")
-    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for replies")
+    p.add_argument("--key", help="operator private key (PEM) that signs the deploy command")
+    p.add_argument("--key-id", help="key id the nodes know (default: the key file's name)")
+    p.add_argument(
+        "--lifetime", type=float, default=300.0, help="seconds the command is valid (300)"
+    )
+    p.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="push without signatures (nodes with require_signature and "
+        "require_signed_commands off only)",
+    )
+    add_connection_options(p)
     p.set_defaults(func=cmd_push)
 
     keys = sub.add_parser("keys", help="manage signing keys")

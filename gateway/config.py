@@ -216,6 +216,14 @@ class ModelsSection(Section):
     watchdog: Duration = Field(
         default=10.0, gt=0, description="An inference taking longer is reported as hung."
     )
+    store: ConfigPath | None = Field(
+        default=None,
+        description="Folder model packages are pushed to; models.swap loads only from "
+        "inside it (default: data_dir/models).",
+    )
+
+    def resolved_store(self, data_dir: Path) -> Path:
+        return self.store or data_dir / "models"
 
 
 class InspectionSeverity(Section):
@@ -275,9 +283,52 @@ class InspectionSection(Section):
     )
 
 
+ROLE_PATTERN = r"^(\*|rules|models|write:\S+)$"
+Role = Annotated[str, Field(pattern=ROLE_PATTERN, max_length=134)]
+
+
 class TrustedKey(Section):
     id: str = Field(min_length=1, max_length=64, description="Key id named by deployments.")
     public_key: str = Field(description="Ed25519 public key: base64 of 32 bytes, or PEM.")
+    roles: list[Role] = Field(
+        default_factory=lambda: ["rules"],
+        description="What the key may sign: write:<device pattern> (write:valve-*), rules, "
+        "models, or * for all.",
+    )
+
+
+class OperatorKey(TrustedKey):
+    roles: list[Role] = Field(
+        min_length=1,
+        description="What the key may sign: write:<device pattern> (write:valve-*), rules, "
+        "models, or * for all.",
+    )
+
+
+class SecuritySection(Section):
+    keys: list[OperatorKey] = Field(
+        default_factory=list,
+        description="Operator keys trusted for signed commands (and, with role rules, rule "
+        "bundles); list several to rotate.",
+    )
+    require_signed_commands: bool = Field(
+        default=True,
+        description="Refuse unsigned writes, deploys, rollbacks and model swaps (keep it on).",
+    )
+    max_command_lifetime: Duration = Field(
+        default=3600.0,
+        ge=10.0,
+        le=7 * 86400.0,
+        description="Longest validity a signed command may carry (bounds replay memory).",
+    )
+    audit_file: ConfigPath | None = Field(
+        default=None,
+        description="Audit log of state-changing commands "
+        "(default: data_dir/audit/commands.jsonl).",
+    )
+
+    def resolved_audit(self, data_dir: Path) -> Path:
+        return self.audit_file or data_dir / "audit" / "commands.jsonl"
 
 
 class RulesSection(Section):
@@ -314,6 +365,9 @@ class NodeConfig(Section):
     rules: RulesSection = Field(
         default_factory=RulesSection, description="Rule engine and remote deployment."
     )
+    security: SecuritySection = Field(
+        default_factory=SecuritySection, description="Who may change the node: operator keys."
+    )
     http: HttpSection = Field(
         default_factory=HttpSection, description="Health and metrics endpoints."
     )
@@ -345,6 +399,19 @@ class NodeConfig(Section):
             if camera not in ids:
                 raise ValueError(f"inspection camera {camera!r} is not a configured device")
         return self
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> NodeConfig:
+        seen: set[str] = set()
+        for key in [*self.rules.trusted_keys, *self.security.keys]:
+            if key.id in seen:
+                raise ValueError(f"key id {key.id!r} is used more than once")
+            seen.add(key.id)
+        return self
+
+    def trusted_keys(self) -> list[TrustedKey]:
+        """Every trusted key with its roles: the operator keys and the bundle keys."""
+        return [*self.security.keys, *self.rules.trusted_keys]
 
     @model_validator(mode="after")
     def _unique_devices(self) -> NodeConfig:
@@ -593,14 +660,18 @@ def load_files(config: NodeConfig, source: Source, registry: DriverRegistry | No
         issues.append(_issue(source, loc, message))
 
     rules = config.rules
-    if rules.trusted_keys:
+    if config.trusted_keys():
         from rules.signing import load_public  # noqa: PLC0415 - cryptography, with keys only
 
-        for i, key in enumerate(rules.trusted_keys):
-            try:
-                load_public(key.public_key)
-            except (ValueError, TypeError) as exc:
-                issue(("rules", "trusted_keys", i, "public_key"), f"key {key.id}: {exc}")
+        for where, keys in (
+            (("rules", "trusted_keys"), rules.trusted_keys),
+            (("security", "keys"), config.security.keys),
+        ):
+            for i, key in enumerate(keys):
+                try:
+                    load_public(key.public_key)
+                except (ValueError, TypeError) as exc:
+                    issue((*where, i, "public_key"), f"key {key.id}: {exc}")
     if rules.file is not None:
         from rules.bundle import BundleError, parse_bundle  # noqa: PLC0415
         from rules.compiler import compile_bundle  # noqa: PLC0415

@@ -110,8 +110,8 @@ class RuleCommands:
         self.deployer = deployer
 
     def register(self, router: CommandRouter) -> None:
-        router.register("rules.deploy", self.deploy)
-        router.register("rules.rollback", self.rollback)
+        router.register("rules.deploy", self.deploy, needs="rules")
+        router.register("rules.rollback", self.rollback, needs="rules")
         router.register("rules.status", self.status)
 
     async def deploy(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -346,7 +346,7 @@ class Uplink:
                     name, None, ok=False, error_code="bad_reply_topic", error=target.problem
                 )
             else:
-                reply = await self.commands.handle(name, payload)
+                reply = await self.commands.handle(name, payload, topic=str(message.topic))
             await self._reply(client, target, reply)
 
     def _reply_target(self, message: aiomqtt.Message, payload: bytes) -> _ReplyTarget:

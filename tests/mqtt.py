@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from firmware_sim.broker import MosquittoBroker
+from tests.operator import OPERATOR_ID, OPERATOR_KEY, signed
 
 
 @dataclass
@@ -128,15 +130,25 @@ def readings_of(collector: Collector, device: str) -> list[dict[str, Any]]:
 
 
 async def command(
-    sub: Collector, name: str, args: dict[str, object], node: str = "n1"
+    sub: Collector,
+    name: str,
+    args: dict[str, object],
+    node: str = "n1",
+    *,
+    sign: bool = True,
+    key_id: str = OPERATOR_ID,
+    private: Ed25519PrivateKey = OPERATOR_KEY,
 ) -> dict[str, object]:
-    """Send command `name` to the node and return its reply (MQTT 5 response topic)."""
+    """Send command `name` to the node, signed by the test operator unless not `sign`,
+    and return its reply (MQTT 5 response topic)."""
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ResponseTopic = "test/replies"
     before = len(sub.on("test/replies"))
-    await sub.publish(
-        f"cityneuron/v1/{node}/cmd/{name}", json.dumps({"args": args}).encode(), properties=props
-    )
+    topic = f"cityneuron/v1/{node}/cmd/{name}"
+    body: dict[str, Any] = {"args": args}
+    if sign:
+        body = signed(topic, body, key_id=key_id, private=private)
+    await sub.publish(topic, json.dumps(body).encode(), properties=props)
     await sub.wait(lambda: len(sub.on("test/replies")) > before)
     reply: dict[str, object] = sub.on("test/replies")[-1].json()
     return reply

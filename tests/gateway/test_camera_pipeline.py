@@ -32,13 +32,16 @@ from gateway.config import (
 from gateway.plugins import DriverRegistry
 from tests.gateway.test_mqtt_contract import schema
 from tests.mqtt import Collector, Received, collect, command
+from tests.operator import operator_security
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 
 
 def node_config(tmp_path: Path, broker: MosquittoBroker, url: str) -> NodeConfig:
-    broken = tmp_path / "broken"  # a corrupt .onnx whose model.yaml has the matching sha256
+    store = tmp_path / "store"  # where packages are pushed; models.swap loads from here
+    broken = store / "broken"  # a corrupt .onnx whose model.yaml has the matching sha256
     shutil.copytree(FIXTURES / "yolov8-tiny", broken)
+    shutil.copytree(FIXTURES / "yolov5-tiny", store / "yolov5-tiny")
     garbage = b"not an onnx file"
     (broken / "model.onnx").write_bytes(garbage)
     spec = yaml.safe_load((broken / "model.yaml").read_text())
@@ -49,7 +52,10 @@ def node_config(tmp_path: Path, broker: MosquittoBroker, url: str) -> NodeConfig
         mqtt=MqttSection(host=broker.host, port=broker.port, tls=TlsSection(enabled=False)),
         outbox=OutboxSection(commit_interval=0.01),
         http=HttpSection(enabled=True, port=free_port()),
-        models=ModelsSection(packages={"road": FIXTURES / "yolov8-tiny", "broken": broken}),
+        models=ModelsSection(
+            packages={"road": FIXTURES / "yolov8-tiny", "broken": broken}, store=store
+        ),
+        security=operator_security(["models"]),
         devices=[
             CameraConfig.model_validate(
                 {
@@ -149,14 +155,21 @@ async def test_a_model_is_swapped_while_the_camera_runs_and_a_bad_one_refused(
             camera_node(cfg) as gw,
         ):
             await sub.wait(lambda: len(detections(sub)) >= 1, timeout=30)
-            bad = await command(
-                sub, "models.swap", {"name": "road", "path": str(tmp_path / "broken")}
-            )
+            bad = await command(sub, "models.swap", {"name": "road", "path": "broken"})
             assert bad["ok"] is False
             assert bad["error"]["code"] == "model_refused"  # type: ignore[index]
-            reply = await command(
-                sub, "models.swap", {"name": "road", "path": str(FIXTURES / "yolov5-tiny")}
+            # a folder outside the model store is never looked at (absolute, or climbing out)
+            for outside in (str(FIXTURES / "yolov5-tiny"), "../../", "yolov5-tiny/../.."):
+                far = await command(sub, "models.swap", {"name": "road", "path": outside})
+                assert far["error"]["code"] == "outside_store", outside  # type: ignore[index]
+                assert "sha256" not in str(far)
+            unsigned = await command(
+                sub, "models.swap", {"name": "road", "path": "yolov5-tiny"}, sign=False
             )
+            assert unsigned["error"]["code"] == "unauthorized"  # type: ignore[index]
+            assert gw.models is not None
+            assert gw.models.get("road").spec.name == "yolov8-tiny"
+            reply = await command(sub, "models.swap", {"name": "road", "path": "yolov5-tiny"})
             assert reply["result"] == {"name": "road", "model": "yolov5-tiny", "version": "1"}
             assert gw.models is not None
             assert gw.models.get("road").spec.name == "yolov5-tiny"
@@ -164,5 +177,5 @@ async def test_a_model_is_swapped_while_the_camera_runs_and_a_bad_one_refused(
             await sub.wait(
                 lambda: gw.models is not None and gw.models.get("road").inferences > inferred + 3
             )
-            unknown = await command(sub, "models.swap", {"name": "nope", "path": "/tmp"})
+            unknown = await command(sub, "models.swap", {"name": "nope", "path": "yolov5-tiny"})
             assert unknown["error"]["code"] == "unknown_model"  # type: ignore[index]

@@ -16,6 +16,7 @@ from firmware_sim.broker import MosquittoBroker
 from gateway.commands import CommandRouter
 from tests.gateway.test_uplink import config, running
 from tests.mqtt import Collector, collect
+from tests.operator import operator_security, signed
 
 BASE = "cityneuron/v1/n1/cmd"
 
@@ -68,12 +69,14 @@ async def test_deep_json_and_bad_reply_topics_are_refused_and_the_uplink_stays(
 async def test_a_reused_id_with_other_content_is_refused_not_answered_from_cache(
     tmp_path, broker: MosquittoBroker
 ) -> None:
-    async with collect(broker, "test/#") as sub, running(config(tmp_path, broker)) as gw:
+    cfg = config(tmp_path, broker).model_copy(update={"security": operator_security()})
+    async with collect(broker, "test/#") as sub, running(cfg) as gw:
         assert gw.uplink is not None
         await asyncio.wait_for(gw.uplink.connected.wait(), 10)
         await sub.publish(f"{BASE}/ping", b'{"id": "k1"}', properties=props("test/a"))
         await sub.wait(lambda: bool(sub.on("test/a")))
-        write = b'{"id": "k1", "args": {"device": "x", "point": "p", "value": 1}}'
+        args = {"device": "x", "point": "p", "value": 1}
+        write = json.dumps(signed(f"{BASE}/write", {"id": "k1", "args": args})).encode()
         await sub.publish(f"{BASE}/write", write, properties=props("test/b"))
         await sub.publish(f"{BASE}/ping", b'{"id": "k1"}', properties=props("test/c"))
         await sub.wait(lambda: bool(sub.on("test/b")) and bool(sub.on("test/c")))

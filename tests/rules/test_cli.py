@@ -101,6 +101,8 @@ def test_keys_sign_and_push_to_a_running_node(tmp_path: Path, broker: MosquittoB
             "--port",
             str(broker.port),
             "--no-tls",
+            "--key",
+            str(tmp_path / "keys" / "ops-2026.key"),
         ]
         unsigned = cli(*push)
         assert unsigned.returncode == 2
@@ -113,7 +115,7 @@ def test_keys_sign_and_push_to_a_running_node(tmp_path: Path, broker: MosquittoB
         )
         pushed = cli(*push)
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-        assert pushed.stdout == "n1: deployed version 1 (6 rules, was None)\n"
+        assert pushed.stdout == "n1: deployed version 1 (6 rules, first bundle)\n"
         again = cli(*push)
         assert again.returncode == 1
         assert again.stdout.startswith("n1: refused (stale_version): version 1 is not newer")

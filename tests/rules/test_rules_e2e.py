@@ -26,6 +26,8 @@ from gateway.plugins import DriverRegistry
 from rules.signing import generate, load_private, public_text, sign
 from tests.helpers import CounterConfig, CounterDriver, GaugeConfig, GaugeDriver
 from tests.mqtt import Collector, collect, readings_of
+from tests.operator import OPERATOR_ID, OPERATOR_KEY, operator_security
+from tests.operator import signed as sign_command
 
 R1 = """
   - id: high-level
@@ -45,15 +47,20 @@ def bundle(version: int, *rules: str) -> str:
     return f"version: {version}\nname: e2e\nrules:\n" + "".join(rules)
 
 
-async def deploy(sub: Collector, args: dict[str, Any], node: str = "n1") -> dict[str, Any]:
+async def deploy(
+    sub: Collector,
+    args: dict[str, Any],
+    node: str = "n1",
+    *,
+    key_id: str = OPERATOR_ID,
+    private: Ed25519PrivateKey = OPERATOR_KEY,
+) -> dict[str, Any]:
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "test/replies"
     before = len(sub.on("test/replies"))
-    await sub.publish(
-        f"cityneuron/v1/{node}/cmd/rules.deploy",
-        json.dumps({"args": args}).encode(),
-        properties=props,
-    )
+    topic = f"cityneuron/v1/{node}/cmd/rules.deploy"
+    body = sign_command(topic, {"args": args}, key_id=key_id, private=private)
+    await sub.publish(topic, json.dumps(body).encode(), properties=props)
     await sub.wait(lambda: len(sub.on("test/replies")) > before, timeout=15)
     reply: dict[str, Any] = sub.on("test/replies")[-1].json()
     return reply
@@ -70,6 +77,7 @@ async def test_deploy_under_load_keeps_readings_and_alarm_state(
         node=NodeSection(id="n1", data_dir=tmp_path / "data"),
         mqtt=MqttSection(host=broker.host, port=broker.port, tls=TlsSection(enabled=False)),
         outbox=OutboxSection(commit_interval=0.01),
+        security=operator_security(["rules"]),
         rules=RulesSection(
             trusted_keys=[TrustedKey(id="ops", public_key=public_text(key.public_key()))]
         ),

@@ -12,6 +12,7 @@ from firmware_sim.modbus import ModbusSimServer, SimSlave
 from gateway.app import Gateway
 from gateway.config import MqttSection, NodeConfig, NodeSection, TlsSection
 from tests.mqtt import collect, command
+from tests.operator import operator_security
 
 
 async def test_write_command_reaches_the_device_or_says_why_not(
@@ -22,6 +23,7 @@ async def test_write_command_reaches_the_device_or_says_why_not(
         config = NodeConfig(
             node=NodeSection(id="n1", data_dir=tmp_path),
             mqtt=MqttSection(host=broker.host, port=broker.port, tls=TlsSection(enabled=False)),
+            security=operator_security(["write:site-*"]),
             devices=[
                 ModbusConfig.model_validate(
                     {
