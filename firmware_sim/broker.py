@@ -60,6 +60,7 @@ class MosquittoBroker(HelperProcess):
         persistence: bool = False,
         tls: Pki | None = None,
         require_certificate: bool = False,
+        anonymous: bool = True,
     ) -> None:
         super().__init__(workdir, "cityneuron-broker-")
         self.host = host
@@ -68,6 +69,7 @@ class MosquittoBroker(HelperProcess):
         self.persistence = persistence
         self.tls = tls
         self.require_certificate = require_certificate
+        self.anonymous = anonymous
         # with TLS, a second listener: TLS on `tls_port`, plain on `port` (for observers)
         self.tls_port = free_port(host) if tls is not None else None
         self.log_path = self.workdir / "mosquitto.log"
@@ -79,7 +81,7 @@ class MosquittoBroker(HelperProcess):
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             + self._tls_listener()
-            + "allow_anonymous true\n"
+            + f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             + (
                 f"persistence true\npersistence_location {self.workdir}/\n"
                 if self.persistence

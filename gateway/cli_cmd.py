@@ -157,20 +157,22 @@ def _password(args: argparse.Namespace) -> str | None:
 async def publish_command(
     args: argparse.Namespace, topic: str, body: dict[str, Any], *, expected: int | None
 ) -> list[Any]:
-    """Publish command `body` to `topic` and collect replies for ``args.wait`` seconds
-    (or until `expected` have come)."""
+    """Publish command `body` to `topic` and collect the replies for ``args.wait`` seconds
+    (or until `expected` have come).
+
+    Each node answers on its own ``{prefix}/{node}/replies/{command}`` (no response topic is
+    set), the one place a per-node broker ACL lets it publish; a reply counts when it names
+    this command's id and the node its topic belongs to."""
     import ssl  # noqa: PLC0415
 
     import aiomqtt  # noqa: PLC0415
-    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
-    from paho.mqtt.properties import Properties  # noqa: PLC0415
 
     tls = None
     if not args.no_tls:
         tls = ssl.create_default_context(cafile=args.ca_file)
         if args.cert_file:
             tls.load_cert_chain(args.cert_file, args.key_file)
-    reply_topic = f"{args.prefix}/operators/{uuid.uuid4()}"
+    name = topic.rsplit("/", 1)[-1]
     replies: list[Any] = []
     try:
         async with aiomqtt.Client(
@@ -181,19 +183,15 @@ async def publish_command(
             username=args.username,
             password=_password(args),
         ) as client:
-            await client.subscribe(reply_topic, qos=1)
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.ResponseTopic = reply_topic
-            props.CorrelationData = str(body.get("id", "")).encode()
-            await client.publish(topic, json.dumps(body), qos=1, properties=props)
+            await client.subscribe(f"{args.prefix}/+/replies/{name}", qos=1)
+            await client.publish(topic, json.dumps(body), qos=1)
             try:
                 async with asyncio.timeout(args.wait):
                     async for message in client.messages:
-                        raw = message.payload
-                        try:
-                            replies.append(json.loads(raw if isinstance(raw, bytes) else b""))
-                        except ValueError:
+                        reply = _reply(message.payload, str(message.topic), args.prefix)
+                        if reply is None or reply.get("command_id") != body.get("id"):
                             continue
+                        replies.append(reply)
                         if expected is not None and len(replies) >= expected:
                             break
             except TimeoutError:
@@ -201,6 +199,18 @@ async def publish_command(
     except aiomqtt.MqttError as exc:
         raise OSError(f"MQTT: {exc}") from None
     return replies
+
+
+def _reply(payload: Any, topic: str, prefix: str) -> dict[str, Any] | None:
+    """A reply as a dict when it parses and comes from the node whose topic it is on."""
+    try:
+        reply = json.loads(payload if isinstance(payload, bytes) else b"")
+    except ValueError:
+        return None
+    node = topic[len(prefix) + 1 :].split("/", 1)[0]
+    if not isinstance(reply, dict) or reply.get("node") != node:
+        return None
+    return reply
 
 
 def add_connection_options(p: argparse.ArgumentParser) -> None:

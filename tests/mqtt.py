@@ -44,8 +44,10 @@ class Collector:
         topics: tuple[str, ...],
         protocol: aiomqtt.ProtocolVersion,
         persistent: bool,
+        login: tuple[str, str] | None = None,
     ) -> None:
         self.broker = broker
+        self.login = login
         self.topics = topics
         self.protocol = protocol
         self.persistent = persistent
@@ -69,6 +71,8 @@ class Collector:
         kw: dict[str, Any] = {}
         if self.persistent:
             kw = {"identifier": "test-collector", "clean_session": False}
+        if self.login is not None:
+            kw["username"], kw["password"] = self.login
         async with aiomqtt.Client(
             self.broker.host, self.broker.port, protocol=self.protocol, **kw
         ) as client:
@@ -106,11 +110,16 @@ async def collect(
     *topics: str,
     protocol: aiomqtt.ProtocolVersion | None = None,
     persistent: bool = False,
+    login: tuple[str, str] | None = None,
 ) -> AsyncIterator[Collector]:
     if persistent:
         protocol = aiomqtt.ProtocolVersion.V311
     collector = Collector(
-        broker, topics or ("cityneuron/#",), protocol or aiomqtt.ProtocolVersion.V5, persistent
+        broker,
+        topics or ("cityneuron/#",),
+        protocol or aiomqtt.ProtocolVersion.V5,
+        persistent,
+        login,
     )
     async with asyncio.TaskGroup() as tg:
         pump = tg.create_task(collector._pump(), name="test.mqtt-collector")
