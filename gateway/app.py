@@ -283,7 +283,9 @@ class Gateway:
             from rules.signing import load_public  # noqa: PLC0415 - cryptography only if used
 
             trusted = {k.id: load_public(k.public_key) for k in bundle_keys}
-        self.rules = RuleEngine(node=self.config.node.id, locate=self.location.snapshot)
+        self.rules = RuleEngine(
+            node=self.config.node.id, locate=self.location.snapshot, eval_budget=cfg.max_eval_time
+        )
         self.add_metrics(functools.partial(rule_metrics, self.rules))
         self.deployer = RuleDeployer(
             self.rules,

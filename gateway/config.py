@@ -346,6 +346,13 @@ class RulesSection(Section):
     max_bundle_bytes: ByteSize = Field(
         default=ByteSize(256 * 1024), ge=1024, description="Largest bundle accepted."
     )
+    max_eval_time: Duration = Field(
+        default=0.05,
+        gt=0,
+        le=10.0,
+        description="Longest one evaluation of one rule may take; a rule taking longer is "
+        "disabled and reported (rule.error) until a bundle changes it.",
+    )
 
 
 class NodeConfig(Section):

@@ -168,8 +168,12 @@ def rule_metrics(rules: RuleEngine) -> Iterator[Metric]:
         ("cleared", st.cleared, "Alarms cleared"),
         ("errors", st.errors, "Evaluation errors"),
         ("missing_data", st.missing, "Evaluations lacking data"),
+        ("disabled", st.disabled, "Rules disabled for running over the time budget"),
     ):
         yield CounterMetricFamily(f"cityneuron_rule_{name}", doc, value=value)
+    yield GaugeMetricFamily(
+        "cityneuron_rules_disabled", "Rules of the running bundle now disabled", len(rules.disabled)
+    )
 
 
 def model_metrics(models: ModelRegistry) -> Iterator[Metric]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from rules._cel import cel
 from rules.bundle import RESERVED, Aggregate, Bundle, BundleError, Rule
+from rules.cost import CostError
+from rules.cost import check as check_cost
 
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']+)'")
 
@@ -50,6 +52,10 @@ class CompiledBundle:
 
 
 def _compile_cel(rule: Rule, what: str, source: str) -> cel.Program:
+    try:
+        check_cost(source)  # before the parser sees it: nesting and length are bounded
+    except CostError as exc:
+        raise BundleError(f"rule {rule.id}: {what} {exc}") from None
     try:
         return cel.compile(source)
     except (ValueError, RuntimeError) as exc:

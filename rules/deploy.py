@@ -37,6 +37,7 @@ class Engine(Protocol):
 
     compiled: CompiledBundle | None
     stats: EngineStats
+    disabled: dict[str, str]
 
     @property
     def version(self) -> int | None: ...
@@ -202,4 +203,5 @@ class RuleDeployer:
             "fired": stats.fired,
             "errors": stats.errors,
             "missing_data": stats.missing,
+            "disabled": dict(self.engine.disabled),
         }

@@ -10,6 +10,10 @@ timing are unchanged (its `signature`); everything else starts afresh.
 A condition that cannot be evaluated because data is missing (a point not yet reported,
 an empty window, no GPS fix for a radius) counts as false; any evaluation problem is
 reported once per rule and device as a `rule.error` event, never raised.
+
+Expressions are bounded statically when compiled (rules/cost.py); at run time one
+evaluation taking longer than `eval_budget` disables its rule (reported as `rule.error`
+with `disabled: true`, listed in `disabled`) and the other rules keep running.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 Locator = Callable[[], dict[str, Any] | None]
 
 MAX_REPORTED_ERRORS = 1000
+EVAL_BUDGET = 0.05  # seconds one evaluation of one rule may take
 _TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -58,6 +63,7 @@ class EngineStats:
     missing: int = 0
     errors: int = 0
     swaps: int = 0
+    disabled: int = 0  # rules disabled for running over the time budget
 
 
 @dataclass(order=True)
@@ -83,8 +89,12 @@ class RuleEngine:
         locate: Locator | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] | None = None,
+        eval_budget: float = EVAL_BUDGET,
     ) -> None:
         self.node = node
+        # one evaluation taking longer disables its rule (the event loop waited for it)
+        self.eval_budget = eval_budget
+        self.disabled: dict[str, str] = {}  # rule id -> why, until a bundle changes it
         self.locate = locate
         self.monotonic = monotonic
         # called when the next timer may have moved (a swap, a new `for`): whoever waits
@@ -119,6 +129,7 @@ class RuleEngine:
             for r in (compiled.rules if compiled else ())
             if r.id in old and old[r.id].signature == r.signature
         }
+        self.disabled = {k: v for k, v in self.disabled.items() if k in keep}
         self.instances = {k: v for k, v in self.instances.items() if k[0] in keep}
         self.windows = {k: v for k, v in self.windows.items() if k[0] in keep}
         self._timers = [t for t in self._timers if t.key[0] in keep]
@@ -154,7 +165,9 @@ class RuleEngine:
                 mine = self._device_rules[device] = [
                     r
                     for r in (self.compiled.rules if self.compiled else ())
-                    if r.rule.trigger == "reading" and r.applies_to(device)
+                    if r.rule.trigger == "reading"
+                    and r.applies_to(device)
+                    and r.id not in self.disabled
                 ]
             rules = self._index[key] = [r for r in mine if r.triggered_by(point)]
         return rules
@@ -170,7 +183,8 @@ class RuleEngine:
         for rule in rules:
             self._feed_windows(rule, reading, now)
         for rule in rules:
-            self._evaluate(rule, reading.device, now, extra=None)
+            if rule.id not in self.disabled:
+                self._evaluate(rule, reading.device, now, extra=None)
 
     def _feed_windows(self, rule: CompiledRule, reading: Reading, now: float) -> None:
         value = reading.value
@@ -197,6 +211,8 @@ class RuleEngine:
         }
         for rule in self.compiled.rules if self.compiled else ():
             if rule.rule.trigger != "detection" or not rule.applies_to(det.camera):
+                continue
+            if rule.id in self.disabled:
                 continue
             if rule.rule.labels and det.label not in rule.rule.labels:
                 continue
@@ -236,14 +252,18 @@ class RuleEngine:
 
     def _check(self, rule: CompiledRule, program: Any, device: str, env: dict[str, Any]) -> bool:
         self.stats.evaluations += 1
+        started = time.perf_counter()
         try:
             result = program.execute(env)
         except (RuntimeError, ValueError, TypeError) as exc:
+            self._timed(rule, device, time.perf_counter() - started)
             missing = undefined_name(exc)
             if missing is not None:
                 self.stats.missing += 1
                 return False
             self._report_error(rule, device, f"evaluation failed: {exc}")
+            return False
+        if self._timed(rule, device, time.perf_counter() - started):
             return False
         if not isinstance(result, bool):
             self._report_error(rule, device, f"condition gave {result!r}, not true/false")
@@ -305,7 +325,7 @@ class RuleEngine:
             timer = heapq.heappop(self._timers)
             rule = self._by_id.get(timer.key[0])
             inst = self.instances.get(timer.key)
-            if rule is None or inst is None:
+            if rule is None or inst is None or rule.id in self.disabled:
                 continue
             device = timer.key[1]
             env = self._variables(rule, device, now, None)
@@ -429,10 +449,29 @@ class RuleEngine:
             )
         )
 
-    def _report_error(self, rule: CompiledRule, device: str, message: str) -> None:
+    def _timed(self, rule: CompiledRule, device: str, elapsed: float) -> bool:
+        """Disable `rule` when one evaluation took longer than the budget; True if so."""
+        if elapsed <= self.eval_budget or rule.id in self.disabled:
+            return rule.id in self.disabled
+        why = (
+            f"one evaluation took {elapsed * 1000:.0f} ms, over the budget of "
+            f"{self.eval_budget * 1000:.0f} ms; disabled until a bundle changes it"
+        )
+        self.disabled[rule.id] = why
+        self._index = {}
+        self._device_rules = {}
+        self._timers = [t for t in self._timers if t.key[0] != rule.id]
+        heapq.heapify(self._timers)
+        self.stats.disabled += 1
+        self._report_error(rule, device, why, disabled=True)
+        return True
+
+    def _report_error(
+        self, rule: CompiledRule, device: str, message: str, *, disabled: bool = False
+    ) -> None:
         self.stats.errors += 1
         key = (rule.id, device, message[:200])
-        if key in self._reported or len(self._reported) >= MAX_REPORTED_ERRORS:
+        if not disabled and (key in self._reported or len(self._reported) >= MAX_REPORTED_ERRORS):
             return
         self._reported.add(key)
         logger.warning("rule %s on %s: %s", rule.id, device, message)
@@ -442,7 +481,12 @@ class RuleEngine:
                 source=device,
                 severity=Severity.WARNING,
                 message=f"rule {rule.id}: {message}",
-                data={"rule": rule.id, "device": device, "bundle": self.version},
+                data={
+                    "rule": rule.id,
+                    "device": device,
+                    "bundle": self.version,
+                    **({"disabled": True} if disabled else {}),
+                },
                 rule=rule.id,
                 node=self.node,
             )
