@@ -209,6 +209,13 @@ class Uplink:
             except asyncio.CancelledError:
                 await self._goodbye(client)
                 raise
+            except BaseException as exc:
+                # leaving the client's context sends a clean DISCONNECT, which suppresses
+                # the will: on anything but a lost link, say offline ourselves first
+                if not _network_only(exc):
+                    logger.warning("uplink failed (%r); publishing offline status", exc)
+                    await self._goodbye(client)
+                raise
             finally:
                 self.connected.clear()
                 self.outbox.release(self._inflight.values())
@@ -416,6 +423,13 @@ def _release_frames(exc: BaseException) -> None:
         stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
         if isinstance(e, BaseExceptionGroup):
             stack.extend(e.exceptions)
+
+
+def _network_only(exc: BaseException) -> bool:
+    """Whether `exc` (or every exception in its group) is the link going away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_network_only(e) for e in exc.exceptions)
+    return isinstance(exc, aiomqtt.MqttError | OSError)
 
 
 def _payload(message: aiomqtt.Message) -> bytes:

@@ -5,6 +5,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -16,6 +17,7 @@ from gateway.app import Gateway
 from gateway.config import MqttSection, NodeConfig, NodeSection, OutboxSection, TlsSection
 from gateway.kernel.records import Event, Severity
 from gateway.plugins import DriverRegistry
+from gateway.supervisor import ComponentGaveUp, RestartPolicy
 from tests.helpers import CounterConfig, CounterDriver
 from tests.mqtt import collect, readings_of
 
@@ -295,3 +297,34 @@ async def test_full_outbox_during_a_long_outage_keeps_alarms_and_reports_evictio
         # the oldest went first: what is left of each device is its newest readings
         assert values == list(range(limit - len(values), limit))
     assert received + evicted == limit * len(devices)
+
+
+async def test_the_status_says_offline_when_the_uplink_fails_for_good(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A non-network failure ends the session with a clean DISCONNECT, which suppresses the
+    last will: the uplink must say offline itself before it leaves, or the retained status
+    stays online after the process is gone."""
+    cfg = config(tmp_path, broker).model_copy(
+        update={"node": NodeSection(id="n-gone", data_dir=tmp_path / "data")}
+    )
+    gw = Gateway(cfg, registry=registry(), restart_policy=RestartPolicy(base_delay=0.05, burst=2))
+    assert gw.outbox is not None
+    failures = 0
+
+    async def failing(limit: int) -> Any:
+        nonlocal failures
+        await asyncio.sleep(0.3)  # long enough to say online first
+        failures += 1
+        raise RuntimeError("injected: a bug in the send path")
+
+    gw.outbox.next_messages = failing  # type: ignore[method-assign]
+    with pytest.raises(ExceptionGroup) as info:  # the node gives up, as it must
+        await asyncio.wait_for(gw.run(handle_signals=False), 30)
+    assert info.group_contains(ComponentGaveUp)
+    assert failures >= 2
+    async with collect(broker, "cityneuron/v1/n-gone/status") as sub:
+        await sub.wait(lambda: bool(sub.on("/status")))
+    (status,) = sub.on("/status")
+    assert status.retain
+    assert status.json()["state"] == "offline"
