@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 import aiomqtt
 from hypothesis import given, settings
@@ -19,6 +21,7 @@ from tests.mqtt import Collector, collect
 from tests.operator import operator_security, signed
 
 BASE = "cityneuron/v1/n1/cmd"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def props(reply_topic: str) -> Properties:
@@ -138,3 +141,63 @@ async def test_json_of_any_shape_is_parsed_or_refused_as_malformed(args: object)
     router.register("echo", echo)
     reply = await router.handle("echo", json.dumps({"args": {"v": args}}).encode())
     assert reply.ok or reply.error_code == "malformed"
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _reset_peak(pid: int) -> None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+async def test_a_200_mb_command_does_not_reach_the_node_s_memory(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """The node announces its Maximum Packet Size (MQTT 5): the broker drops the 200 MB
+    command instead of delivering it, so the node never buffers it (it used to: RSS
+    72 -> 673 MB). Measured on a real node process, its peak RSS reset before the publish."""
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(
+        f"node: {{id: n-big, data_dir: {tmp_path / 'data'}}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}}}}\n"
+        "http: {enabled: false}\ndiscovery: {enabled: false}\n",
+        encoding="utf-8",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg),
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"connected to broker" not in await proc.stderr.readline():
+                pass
+        async with collect(broker, "test/#") as sub:
+            await asyncio.sleep(0.5)  # settled after start
+            before = _status_kb(proc.pid, "VmRSS")
+            _reset_peak(proc.pid)
+            async with aiomqtt.Client(
+                broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=60
+            ) as big:
+                payload = b'{"args": {"x": "' + b"a" * (200 * 1024 * 1024) + b'"}}'
+                await big.publish(
+                    "cityneuron/v1/n-big/cmd/ping", payload, qos=1, properties=props("test/big")
+                )
+                del payload
+            # the node is alive and answers the next command
+            await sub.publish(
+                "cityneuron/v1/n-big/cmd/ping", b'{"id": "after"}', properties=props("test/ok")
+            )
+            await sub.wait(lambda: bool(sub.on("test/ok")), timeout=20)
+            peak = _status_kb(proc.pid, "VmHWM")
+            assert sub.on("test/big") == []  # never delivered, so never answered
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
+    assert replies(sub, "test/ok")[0]["ok"] is True
+    assert peak - before < 10 * 1024, f"peak RSS rose by {peak - before} kB"
