@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import ipaddress
 import logging
 import os
 import sys
@@ -93,9 +94,31 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
 def cmd_discover(args: argparse.Namespace) -> int:
     from gateway.discovery import browse  # noqa: PLC0415
 
-    interfaces = [args.interface] if args.interface else None
+    interfaces = None
+    if args.interface:
+        try:
+            interfaces = [str(ipaddress.IPv4Address(args.interface))]
+        except ValueError:
+            print(
+                f"error: --interface {args.interface!r} is not an IPv4 address "
+                "(give the address of one of this machine's interfaces)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+    if not 0 < args.timeout <= 600:
+        print("error: --timeout must be between 0 and 600 seconds", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"looking for cityneuron nodes for {args.timeout:g}s...", file=sys.stderr)
-    nodes = asyncio.run(browse(args.timeout, interfaces))
+    try:
+        nodes = asyncio.run(browse(args.timeout, interfaces))
+    except OSError as exc:
+        where = f"interface {args.interface}" if args.interface else "the network"
+        print(
+            f"error: cannot listen for announcements on {where}: {exc.strerror or exc} "
+            "(is it an address of this machine, up, with multicast?)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     for n in nodes:
         where = ", ".join(f"{a}:{n.port}" for a in n.addresses) or "?"
         print(
@@ -117,14 +140,32 @@ def cmd_modbus_scan(args: argparse.Namespace) -> int:
 
     try:
         first, _, last = args.units.partition("-")
-        units = range(int(first), int(last or first) + 1)
+        low, high = int(first), int(last or first)
     except ValueError:
         print(f"error: --units {args.units!r}: use N or N-M", file=sys.stderr)
+        return EXIT_CONFIG
+    if not 0 <= low <= high <= 247:
+        print(
+            f"error: --units {args.units!r}: unit ids are 0 to 247, the first not above the last",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    units = range(low, high + 1)
+    if not 0 < args.timeout <= 60:
+        print("error: --timeout must be between 0 and 60 seconds per unit", file=sys.stderr)
         return EXIT_CONFIG
     host, port = None, 502
     if args.tcp:
         host, _, p = args.tcp.partition(":")
-        port = int(p) if p else 502
+        try:
+            port = int(p) if p else 502
+        except ValueError:
+            port = 0
+        if not host or not 0 < port < 65536:
+            print(f"error: --tcp {args.tcp!r}: use HOST or HOST:PORT", file=sys.stderr)
+            return EXIT_CONFIG
+    # pymodbus logs every frame at debug level to the root logger: never over the result
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     found = asyncio.run(
         modbus_scan(
             sys.stdout,

@@ -78,12 +78,24 @@ def cmd_test(args: argparse.Namespace) -> int:
     return EXIT_OK if stats.errors == 0 else EXIT_FAILED
 
 
+def _usage(message: str) -> SystemExit:
+    """Print `message` as the one-line error it is; the exit for bad input."""
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(EXIT_USAGE)
+
+
 def _recorded(path: str) -> list[tuple[float, Any]]:
     """JSON lines: {"t": s, "device", "point", "value"} or {"t": s, "detection": {...}}."""
     from gateway.kernel.records import Detection, Reading  # noqa: PLC0415
 
     out: list[tuple[float, Any]] = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _usage(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise _usage(f"{path}: not UTF-8 text (JSON lines expected)") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -101,7 +113,7 @@ def _recorded(path: str) -> list[tuple[float, Any]]:
             else:
                 record = Reading(device=row["device"], point=row["point"], value=row["value"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"error: {path}:{n}: not a reading or detection ({exc})") from None
+            raise _usage(f"{path}:{n}: not a reading or detection ({exc})") from None
         out.append((t, record))
     return sorted(out, key=lambda x: x[0])
 
@@ -122,15 +134,16 @@ def _simulated(seconds: float) -> list[tuple[float, Any]]:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from rules.signing import load_private, sign  # noqa: PLC0415
+    from gateway.cli_cmd import UsageError, load_key  # noqa: PLC0415
+    from rules.signing import sign  # noqa: PLC0415
 
     compiled = _compiled(args.file)
     if compiled is None:
         return EXIT_USAGE
     try:
-        key = load_private(Path(args.key).read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"error: {args.key}: not an Ed25519 private key ({exc})", file=sys.stderr)
+        key = load_key(args.key)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     key_id = args.key_id or Path(args.key).stem
     signature = sign(Path(args.file).read_bytes(), key)

@@ -7,6 +7,7 @@ driver config is validated exactly like a built-in one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -410,9 +411,16 @@ class NodeConfig(Section):
     @model_validator(mode="after")
     def _unique_keys(self) -> NodeConfig:
         seen: set[str] = set()
-        for key in [*self.rules.trusted_keys, *self.security.keys]:
+        keys: list[tuple[tuple[str | int, ...], TrustedKey]] = [
+            *(
+                (("rules", "trusted_keys", i, "id"), k)
+                for i, k in enumerate(self.rules.trusted_keys)
+            ),
+            *((("security", "keys", i, "id"), k) for i, k in enumerate(self.security.keys)),
+        ]
+        for loc, key in keys:
             if key.id in seen:
-                raise ValueError(f"key id {key.id!r} is used more than once")
+                raise LocatedError(loc, f"key id {key.id!r} is used more than once")
             seen.add(key.id)
         return self
 
@@ -423,9 +431,11 @@ class NodeConfig(Section):
     @model_validator(mode="after")
     def _unique_devices(self) -> NodeConfig:
         seen: set[str] = set()
-        for device in self.devices:
+        for i, device in enumerate(self.devices):
             if device.id in seen:
-                raise ValueError(f"device id {device.id!r} is used more than once")
+                raise LocatedError(
+                    ("devices", i, "id"), f"device id {device.id!r} is used more than once"
+                )
             seen.add(device.id)
             model = getattr(device, "model", None)
             if isinstance(model, str) and model not in self.models.packages:
@@ -499,8 +509,54 @@ def _where(loc: Sequence[str | int]) -> str:
     return out
 
 
-def _message(err: Mapping[str, Any], tags: set[str]) -> str:
-    msg = str(err["msg"])
+def _message(err: Mapping[str, Any], tags: set[str], secrets: Sequence[str] = ()) -> str:
+    """A validation error in the product's words, never echoing a substituted secret."""
+    msg = _reworded(err, tags)
+    for secret in secrets:
+        if len(secret) >= 3:
+            msg = msg.replace(secret, "***")
+    return msg
+
+
+_WORDS = {
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping (key: value)",
+    "model_type": "must be a mapping (key: value)",
+    "model_attributes_type": "must be a mapping (key: value)",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_short": "must have at least {min_length} character(s)",
+    "string_too_long": "must have at most {max_length} characters",
+    "too_short": "must have at least {min_length} item(s)",
+    "too_long": "must have at most {max_length} items",
+    "string_pattern_mismatch": "must match the pattern {pattern}",
+    "literal_error": "must be {expected}",
+    "enum": "must be {expected}",
+}
+
+
+class LocatedError(ValueError):
+    """A check of a whole section that knows which item is wrong (`loc` below it)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
+
+
+def _reworded(err: Mapping[str, Any], tags: set[str]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown key (not allowed here; check spelling and indentation)"
@@ -508,9 +564,18 @@ def _message(err: Mapping[str, Any], tags: set[str]) -> str:
         return "required key is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         known = ", ".join(sorted(tags)) or "none installed"
-        return f"{msg} (known driver types: {known})"
+        got = err.get("ctx", {}).get("tag", err.get("input"))
+        what = f"unknown device type {got!r}" if kind == "union_tag_invalid" else "no type"
+        return f"{what} (known driver types: {known})"
+    if kind in _PREFIXES:  # our own checks: the message is already in the product's words
+        return str(err["msg"]).removeprefix(_PREFIXES[kind])
+    msg = str(err["msg"])
+    words = _WORDS.get(kind)
+    if words is not None:
+        with contextlib.suppress(KeyError, IndexError):
+            msg = words.format(**err.get("ctx", {}))
     inp = err.get("input")
-    if isinstance(inp, str | int | float | bool) and kind not in ("value_error", "assertion_error"):
+    if isinstance(inp, str | int | float | bool):
         msg += f" (got {inp!r})"
     return msg
 
@@ -545,6 +610,9 @@ def validate_source(source: Source, model: type[NodeConfig]) -> NodeConfig:
         issues = []
         for err in exc.errors(include_url=False):
             loc = err["loc"]
+            located = err.get("ctx", {}).get("error")
+            if isinstance(located, LocatedError):
+                loc = (*loc, *located.loc)
             pos = source.locate(loc)
             issues.append(
                 ConfigIssue(
@@ -552,7 +620,7 @@ def validate_source(source: Source, model: type[NodeConfig]) -> NodeConfig:
                     line=pos[0] if pos else None,
                     column=pos[1] if pos else None,
                     where=_where(_strip_tags(source, loc)),
-                    message=_message(err, tags),
+                    message=_message(err, tags, source.secrets),
                 )
             )
         issues += _load_what_validated(source, model, exc)

@@ -107,6 +107,8 @@ class _Substituter:
             if has_default:
                 return default
             raise self._error(f"environment variable {name} is not set (used as ${{{name}}})", pos)
+        if value:
+            self.secrets.append(value)  # an environment variable may hold a password
         return value
 
     def _read(self, path: Path, expr: str, pos: Position) -> str:
@@ -210,7 +212,18 @@ def load_text(text: str, file: str, env: Mapping[str, str] | None = None) -> Sou
         env=os.environ if env is None else env,
         base_dir=Path(file).parent,
     )
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a control character: found before parsing
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise SourceError(
+            file,
+            f"invalid YAML: control character #x{exc.character:04x} is not allowed "
+            '(remove it, or quote it as an escape like "\\x01")',
+            line,
+            column,
+        ) from None
     loader.substitute = subst
     try:
         data = loader.get_single_data()

@@ -70,7 +70,7 @@ def test_check_config_lists_every_problem_with_its_line(tmp_path: Path) -> None:
         f"error: {path}:3:3: node.colour: unknown key (not allowed here; check spelling "
         "and indentation)"
     )
-    assert lines[1].startswith(f"error: {path}:8:5: devices[0].unit: Input should be less than")
+    assert lines[1] == f"error: {path}:8:5: devices[0].unit: must be at most 255 (got 300)"
     assert lines[2].startswith(f"error: {path}:12:5: devices[1].profile: no shipped profile")
     assert len(lines) == 3
 
@@ -79,7 +79,11 @@ def test_check_config_lists_every_problem_with_its_line(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("node: [1, 2\n", ":2:1: invalid YAML"),
-        ("node: {id: n1}\nmqtt: {host: b, port: abc}\n", ":2:17: mqtt.port: Input should be"),
+        (
+            "node: {id: n1}\nmqtt: {host: b, port: abc}\n",
+            ":2:17: mqtt.port: must be a whole number",
+        ),
+        ("node: {id: n1\x01}\n", ":1:14: invalid YAML: control character #x0001 is not allowed"),
     ],
 )
 def test_check_config_malformed_never_tracebacks(tmp_path: Path, text: str, expected: str) -> None:
@@ -89,6 +93,23 @@ def test_check_config_malformed_never_tracebacks(tmp_path: Path, text: str, expe
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {path}{expected}")
+
+
+def test_check_config_never_echoes_a_substituted_secret(tmp_path: Path) -> None:
+    secret = tmp_path / "broker-password"
+    secret.write_text("hunter2-s3cret\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "node: {id: n1}\n"
+        f"mqtt: {{host: b, port: '${{file:{secret}}}', keepalive: '${{KEEP}}'}}\n",
+        encoding="utf-8",
+    )
+    result = cli("check-config", str(path), env={**os.environ, "KEEP": "env-s3cret"})
+    assert result.returncode == 2
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "env-s3cret" not in result.stderr + result.stdout
+    assert f"error: {path}:2:17: mqtt.port: must be a whole number (got '***')" in result.stderr
+    assert "mqtt.keepalive: must be a whole number (got '***')" in result.stderr
 
 
 def test_check_config_missing_file() -> None:
