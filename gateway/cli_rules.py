@@ -11,20 +11,29 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from rules.bundle import BundleError, parse_bundle
+from rules.bundle import BundleError, locate_rule, parse_bundle
 from rules.compiler import CompiledBundle, compile_bundle
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _compiled(path: str) -> CompiledBundle | None:
+    """The bundle in `path` compiled, or None after a one-line error at its line."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-        return compile_bundle(parse_bundle(text))
     except OSError as exc:
         print(f"error: {path}: {exc.strerror}", file=sys.stderr)
+        return None
+    except UnicodeDecodeError as exc:
+        print(f"error: {path}: not UTF-8 text ({exc.reason})", file=sys.stderr)
+        return None
+    try:
+        return compile_bundle(parse_bundle(text))
     except BundleError as exc:
-        print(f"error: {path}: {exc}", file=sys.stderr)
+        if exc.line is None and exc.rule is not None:
+            pos = locate_rule(text, exc.rule, exc.field)
+            exc.line, exc.column = pos if pos else (None, None)
+        print(f"error: {path}:{exc.at()}{exc.message}", file=sys.stderr)
     return None
 
 

@@ -7,7 +7,6 @@ driver config is validated exactly like a built-in one.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import (
 from drivers.api import DEVICE_ID_PATTERN, ConfigFileError, DriverConfig
 from gateway.kernel.config_paths import CONFIG_DIR, ConfigPath
 from gateway.kernel.durations import Duration
+from gateway.kernel.validation import describe, redact
 from gateway.kernel.yamlsource import Source, SourceError, load_file
 
 if TYPE_CHECKING:
@@ -511,38 +511,7 @@ def _where(loc: Sequence[str | int]) -> str:
 
 def _message(err: Mapping[str, Any], tags: set[str], secrets: Sequence[str] = ()) -> str:
     """A validation error in the product's words, never echoing a substituted secret."""
-    msg = _reworded(err, tags)
-    for secret in secrets:
-        if len(secret) >= 3:
-            msg = msg.replace(secret, "***")
-    return msg
-
-
-_WORDS = {
-    "int_parsing": "must be a whole number",
-    "int_type": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_parsing": "must be a number",
-    "float_type": "must be a number",
-    "bool_parsing": "must be true or false",
-    "bool_type": "must be true or false",
-    "string_type": "must be text",
-    "list_type": "must be a list",
-    "dict_type": "must be a mapping (key: value)",
-    "model_type": "must be a mapping (key: value)",
-    "model_attributes_type": "must be a mapping (key: value)",
-    "greater_than": "must be greater than {gt}",
-    "greater_than_equal": "must be at least {ge}",
-    "less_than": "must be less than {lt}",
-    "less_than_equal": "must be at most {le}",
-    "string_too_short": "must have at least {min_length} character(s)",
-    "string_too_long": "must have at most {max_length} characters",
-    "too_short": "must have at least {min_length} item(s)",
-    "too_long": "must have at most {max_length} items",
-    "string_pattern_mismatch": "must match the pattern {pattern}",
-    "literal_error": "must be {expected}",
-    "enum": "must be {expected}",
-}
+    return redact(_reworded(err, tags), secrets)
 
 
 class LocatedError(ValueError):
@@ -553,31 +522,14 @@ class LocatedError(ValueError):
         self.loc = loc
 
 
-_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
-
-
 def _reworded(err: Mapping[str, Any], tags: set[str]) -> str:
     kind = err["type"]
-    if kind == "extra_forbidden":
-        return "unknown key (not allowed here; check spelling and indentation)"
-    if kind == "missing":
-        return "required key is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         known = ", ".join(sorted(tags)) or "none installed"
         got = err.get("ctx", {}).get("tag", err.get("input"))
         what = f"unknown device type {got!r}" if kind == "union_tag_invalid" else "no type"
         return f"{what} (known driver types: {known})"
-    if kind in _PREFIXES:  # our own checks: the message is already in the product's words
-        return str(err["msg"]).removeprefix(_PREFIXES[kind])
-    msg = str(err["msg"])
-    words = _WORDS.get(kind)
-    if words is not None:
-        with contextlib.suppress(KeyError, IndexError):
-            msg = words.format(**err.get("ctx", {}))
-    inp = err.get("input")
-    if isinstance(inp, str | int | float | bool):
-        msg += f" (got {inp!r})"
-    return msg
+    return describe(err)
 
 
 def validate_source(source: Source, model: type[NodeConfig]) -> NodeConfig:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.kernel.durations import Duration
 from gateway.kernel.records import Severity
-from gateway.kernel.yamlsource import published_schema
+from gateway.kernel.validation import describe
+from gateway.kernel.yamlsource import SourceError, load_text, published_schema
 
 RULE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 KIND = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -160,26 +160,91 @@ class Bundle(_Model):
 
 
 class BundleError(ValueError):
-    """The bundle cannot be used; the message says precisely why."""
+    """The bundle cannot be used; the message says precisely why, `line` and `column` where
+    (1-based, when known), `rule` and `field` which rule (from the compiler)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        rule: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line, self.column = line, column
+        self.rule, self.field = rule, field
+
+    def at(self) -> str:
+        """``line:column: `` for a message, or nothing when the position is unknown."""
+        if self.line is None:
+            return ""
+        return f"{self.line}:{self.column}: " if self.column else f"{self.line}: "
+
+
+def _where(data: Any, loc: tuple[Any, ...]) -> str:
+    """A validation location as a person says it: ``rule 2 (pump-low): when``, items
+    counted from 1."""
+    head = ""
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        rules = data.get("rules") if isinstance(data, dict) else None
+        rule = rules[loc[1]] if isinstance(rules, list) and 0 <= loc[1] < len(rules) else None
+        rid = rule.get("id") if isinstance(rule, dict) else None
+        head = f"rule {loc[1] + 1}" + (f" ({rid})" if isinstance(rid, str) else "")
+        loc = loc[2:]
+    rest = ".".join(f"[{p + 1}]" if isinstance(p, int) else str(p) for p in loc)
+    rest = rest.replace(".[", "[")
+    return f"{head}: {rest}" if head and rest else head or rest
 
 
 def parse_bundle(text: str | bytes) -> Bundle:
     """Parse and validate a bundle from YAML or JSON text."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BundleError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise BundleError(f"not valid YAML/JSON: {exc}") from None
+        source = load_text(text, "bundle", substitute=False)
+    except SourceError as exc:
+        raise BundleError(exc.message, line=exc.line, column=exc.column) from None
+    data: Any = source.data
     if not isinstance(data, dict):
-        raise BundleError("a bundle is a mapping with version, name and rules")
+        raise BundleError("a bundle is a mapping with version, name and rules", line=1, column=1)
     try:
         return Bundle.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        pos = source.locate(first["loc"])
         problems = []
-        for err in exc.errors(include_url=False)[:5]:
-            loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
+        for err in errors[:5]:
+            where = _where(data, tuple(err["loc"]))
+            problems.append(f"{where}: {describe(err)}" if where else describe(err))
         more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-        raise BundleError("; ".join(problems) + more) from None
+        raise BundleError(
+            "; ".join(problems) + more,
+            line=pos[0] if pos else None,
+            column=pos[1] if pos else None,
+        ) from None
+
+
+def locate_rule(text: str, rule_id: str, field: str | None) -> tuple[int, int] | None:
+    """Where rule `rule_id`'s `field` (or the rule itself) is in bundle `text`."""
+    try:
+        source = load_text(text, "bundle", substitute=False)
+    except SourceError:
+        return None
+    rules = source.data.get("rules") if isinstance(source.data, dict) else None
+    if not isinstance(rules, list):
+        return None
+    for i, rule in enumerate(rules):
+        if isinstance(rule, dict) and rule.get("id") == rule_id:
+            loc: tuple[str | int, ...] = ("rules", i, field) if field else ("rules", i)
+            return source.locate(loc)
+    return None
 
 
 def json_schema() -> str:

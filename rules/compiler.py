@@ -55,12 +55,15 @@ def _compile_cel(rule: Rule, what: str, source: str) -> cel.Program:
     try:
         check_cost(source)  # before the parser sees it: nesting and length are bounded
     except CostError as exc:
-        raise BundleError(f"rule {rule.id}: {what} {exc}") from None
+        raise BundleError(f"rule {rule.id}: {what} {exc}", rule=rule.id, field=what) from None
     try:
         return cel.compile(source)
     except (ValueError, RuntimeError) as exc:
         detail = str(exc).split("\n", 1)[0]
-        raise BundleError(f"rule {rule.id}: {what} does not compile: {detail}") from None
+        detail = detail.split(" expecting {", 1)[0]  # the parser's list of every token
+        raise BundleError(
+            f"rule {rule.id}: {what} does not compile: {detail}", rule=rule.id, field=what
+        ) from None
 
 
 def _signature(rule: Rule) -> str:

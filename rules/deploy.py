@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.kernel.records import iso_time
 from gateway.kernel.refusal import Refused
-from rules.bundle import BundleError, parse_bundle
+from rules.bundle import BundleError, locate_rule, parse_bundle
 from rules.compiler import CompiledBundle, compile_bundle
 from rules.engine import EngineStats
 from rules.store import Deployed
@@ -105,7 +105,7 @@ class RuleDeployer:
         try:
             bundle = parse_bundle(text)
         except BundleError as exc:
-            raise DeployError("invalid_bundle", str(exc)) from None
+            raise DeployError("invalid_bundle", _at_line(exc)) from None
         if bundle.version <= min_version:
             raise DeployError(
                 "stale_version",
@@ -115,7 +115,10 @@ class RuleDeployer:
         try:
             return compile_bundle(bundle)
         except BundleError as exc:
-            raise DeployError("compile_error", str(exc)) from None
+            if exc.rule is not None:
+                pos = locate_rule(text, exc.rule, exc.field)
+                exc.line, exc.column = pos if pos else (None, None)
+            raise DeployError("compile_error", _at_line(exc)) from None
 
     async def deploy(self, text: str, signature: str | None, key: str | None) -> dict[str, Any]:
         async with self._lock:
@@ -205,3 +208,8 @@ class RuleDeployer:
             "missing_data": stats.missing,
             "disabled": dict(self.engine.disabled),
         }
+
+
+def _at_line(exc: BundleError) -> str:
+    """A bundle error for a reply: ``line 8:5: rule 2 (b): ...``."""
+    return f"line {exc.at()}{exc.message}" if exc.line is not None else exc.message

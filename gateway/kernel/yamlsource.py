@@ -73,9 +73,10 @@ class _Substituter:
     env: Mapping[str, str]
     base_dir: Path
     secrets: list[str] = field(default_factory=list)
+    enabled: bool = True
 
     def __call__(self, text: str, pos: Position) -> str:
-        if "$" not in text:
+        if "$" not in text or not self.enabled:
             return text
         return _VAR.sub(lambda m: self._one(m, pos), text)
 
@@ -205,8 +206,11 @@ class Source:
         return best
 
 
-def load_text(text: str, file: str, env: Mapping[str, str] | None = None) -> Source:
-    """Parse YAML `text` (named `file` in messages), substituting variables from `env`."""
+def load_text(
+    text: str, file: str, env: Mapping[str, str] | None = None, *, substitute: bool = True
+) -> Source:
+    """Parse YAML `text` (named `file` in messages), substituting variables from `env`
+    (unless not `substitute`: a rule bundle's ``$`` is its own)."""
     subst = _Substituter(
         file=file,
         env=os.environ if env is None else env,
@@ -224,6 +228,7 @@ def load_text(text: str, file: str, env: Mapping[str, str] | None = None) -> Sou
             line,
             column,
         ) from None
+    subst.enabled = substitute
     loader.substitute = subst
     try:
         data = loader.get_single_data()

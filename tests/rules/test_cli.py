@@ -36,7 +36,23 @@ def test_validate_reports_the_rule_at_fault(tmp_path: Path) -> None:
     bad.write_text("version: 1\nname: x\nrules:\n  - {id: a, when: 'level >', event: {kind: e}}\n")
     result = cli("rules", "validate", str(bad))
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {bad}: rule a: when does not compile")
+    # at the line and column of the condition, without the parser's list of every token
+    assert result.stderr.startswith(f"error: {bad}:4:13: rule a: when does not compile")
+    assert "expecting" not in result.stderr
+
+
+def test_validate_counts_rules_from_one_and_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "version: 1\nname: x\nrules:\n"
+        "  - {id: a, when: 'level > 1', event: {kind: e}}\n"
+        "  - id: b\n    whenn: level > 1\n    event: {kind: e}\n"
+    )
+    result = cli("rules", "validate", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {bad}:5:5: rule 2 (b): when: required key is missing")
+    assert "rule 2 (b): whenn: unknown key" in result.stderr
+    assert "Field required" not in result.stderr and "Extra inputs" not in result.stderr
 
 
 def test_test_against_the_simulated_city() -> None:

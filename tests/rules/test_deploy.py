@@ -115,7 +115,7 @@ async def test_signed_bundle_is_deployed_persisted_and_reloaded(
                 k,
             ),
             "invalid_bundle",
-            "rules.0.colour: Extra inputs are not permitted",
+            "rule 1 (a): colour: unknown key",
         ),
         (
             lambda k: signed(
