@@ -584,8 +584,9 @@ def _load_what_validated(
 ) -> list[ConfigIssue]:
     """The file problems of the devices that did validate, so that one run of
     check-config reports every problem even when another part of the file is wrong."""
-    failed = {err["loc"][1] for err in exc.errors() if err["loc"][:1] == ("devices",)}
-    if failed and not all(isinstance(i, int) for i in failed):
+    device_errors = [err["loc"] for err in exc.errors() if err["loc"][:1] == ("devices",)]
+    failed = {loc[1] for loc in device_errors if len(loc) > 1}
+    if any(len(loc) == 1 for loc in device_errors) or not all(isinstance(i, int) for i in failed):
         return []  # devices itself is malformed
     raw = source.data.get("devices") if isinstance(source.data, dict) else None
     if not isinstance(raw, list):

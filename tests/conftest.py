@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from firmware_sim.broker import MosquittoBroker
 
@@ -99,7 +101,22 @@ def own_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield b
 
 
+# fuzz tests: brief in every run, 50x the examples with --fuzz=long
+settings.register_profile("brief", max_examples=200, deadline=None)
+settings.register_profile("long", max_examples=10_000, deadline=None)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz",
+        choices=("brief", "long"),
+        default=os.environ.get("CITYNEURON_FUZZ", "brief"),
+        help="how long the hypothesis fuzz tests run (long: 10,000 examples each)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    settings.load_profile(config.getoption("--fuzz"))
     config.addinivalue_line(
         "markers", "allow_leaks: the test deliberately leaves a resource for a later check"
     )

@@ -84,6 +84,7 @@ def test_check_config_lists_every_problem_with_its_line(tmp_path: Path) -> None:
             ":2:17: mqtt.port: must be a whole number",
         ),
         ("node: {id: n1\x01}\n", ":1:14: invalid YAML: control character #x0001 is not allowed"),
+        ("node: {id: n1}\ndevices:\n", ":2:1: devices: must be a list"),  # found by fuzzing
     ],
 )
 def test_check_config_malformed_never_tracebacks(tmp_path: Path, text: str, expected: str) -> None:

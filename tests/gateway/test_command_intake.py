@@ -111,7 +111,7 @@ async def test_a_flood_of_commands_gets_a_reply_each_busy_or_done(
     assert len(refused) == busy
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=2000))
 async def test_any_payload_gets_a_reply_and_never_raises(payload: bytes) -> None:
     router = CommandRouter(max_bytes=1024)
@@ -124,7 +124,7 @@ async def test_any_payload_gets_a_reply_and_never_raises(payload: bytes) -> None
     assert reply.ok or reply.error_code in ("malformed", "too_large")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(
     st.recursive(
         st.none() | st.integers() | st.text(max_size=5),

@@ -134,14 +134,14 @@ def test_the_disabling_is_reported_once_as_rule_error() -> None:
     assert e.disabled == {}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.text(max_size=300))
 def test_any_text_is_priced_or_refused_never_crashes(source: str) -> None:
     with contextlib.suppress(CostError):
         estimate(source)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(
     st.recursive(
         st.sampled_from(["x", "1", "[1,2]", "points", '"s("', "true"]),

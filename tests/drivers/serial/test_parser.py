@@ -102,7 +102,7 @@ def test_bad_profiles(tmp_path: Path, text: str, message: str) -> None:
         load_serial_profile(str(path))
 
 
-@settings(max_examples=150)
+@settings()
 @given(st.sampled_from(shipped_profiles()), st.lists(st.binary(max_size=200), max_size=10))
 def test_arbitrary_bytes_through_framer_and_parser(name: str, chunks: list[bytes]) -> None:
     """No exception escapes, and whatever comes out respects the profile's bounds."""
