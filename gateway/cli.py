@@ -232,8 +232,19 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 256 * 1024) -> bool:
         return False
 
 
+def restrict_umask(mask: int = 0o027) -> int:
+    """Make the node's own files (outbox, rule bundles, audit log, models) at most 0640 and
+    its directories 0750, whatever umask it was started with (systemd sets UMask=0027;
+    a shell usually 0022). Returns the umask in force."""
+    old = os.umask(0)
+    new = old | mask
+    os.umask(new)
+    return new
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     tune_malloc()
+    restrict_umask()
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG

@@ -113,6 +113,39 @@ def test_check_config_never_echoes_a_substituted_secret(tmp_path: Path) -> None:
     assert "mqtt.keepalive: must be a whole number (got '***')" in result.stderr
 
 
+def test_the_node_keeps_its_files_from_others_whatever_umask_it_starts_with(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"node: {{id: n1, data_dir: {tmp_path / 'data'}}}\n"
+        f"rules: {{file: {ROOT / 'rules' / 'examples' / 'city.yaml'}}}\n"
+        "http: {enabled: false}\ndiscovery: {enabled: false}\n",
+        encoding="utf-8",
+    )
+    node = subprocess.Popen(
+        [*EXE, "run", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        umask=0,  # the most permissive start there is
+    )
+    try:
+        assert node.stderr is not None
+        deadline, log = time.monotonic() + 20, ""
+        while "running with" not in log and time.monotonic() < deadline:
+            log += node.stderr.readline()
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.communicate(timeout=20)
+    made = list((tmp_path / "data").rglob("*"))
+    assert any(p.name == "outbox.db" for p in made), made
+    for path in [tmp_path / "data", *made]:
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o027 == 0, f"{path} is {oct(mode)}: group-writable or open to others"
+
+
 def test_check_config_missing_file() -> None:
     result = cli("check-config", "/nonexistent/node.yaml")
     assert (result.returncode, result.stderr) == (

@@ -22,6 +22,12 @@ def test_systemd_unit_is_hardened() -> None:
     assert service["DevicePolicy"] == "closed"
     assert "WatchdogSec" in service
     assert service["ExecStart"].endswith("run --config /etc/cityneuron/node.yaml")
+    # bounded: memory, tasks, files, and a crash loop that ends visibly
+    assert service["MemoryMax"] == "512M"
+    assert int(service["TasksMax"]) <= 256
+    assert service["UMask"] == "0027"
+    assert int(unit["Unit"]["StartLimitBurst"]) > 0
+    assert int(unit["Unit"]["StartLimitIntervalSec"]) > 0
 
 
 def test_container_runs_unprivileged_from_a_venv() -> None:
