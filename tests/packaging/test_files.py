@@ -36,3 +36,32 @@ def test_container_runs_unprivileged_from_a_venv() -> None:
     assert "USER cityneuron" in lines
     assert any(line.startswith("HEALTHCHECK") for line in lines)
     assert "ENV PATH=/opt/cityneuron/venv/bin:$PATH PYTHONUNBUFFERED=1" in lines
+
+
+def test_what_ships_is_pinned_by_hash_and_matches_the_project() -> None:
+    """The .deb and the image install from lock files with hashes (uv pip compile
+    --generate-hashes), and the lock names every runtime dependency of pyproject.toml."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((PACKAGING.parent / "pyproject.toml").read_text())["project"]
+    for lock, deps in (
+        ("requirements.lock", project["dependencies"]),
+        (
+            "requirements-vision.lock",
+            project["dependencies"] + project["optional-dependencies"]["vision"],
+        ),
+    ):
+        text = (PACKAGING / lock).read_text()
+        pinned = {
+            m.group(1).lower().replace("_", "-")
+            for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", text, re.MULTILINE)
+        }
+        for dep in deps:
+            name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
+            assert name in pinned, f"{name} is not pinned in {lock}"
+        entries = re.findall(r"^[A-Za-z0-9_.-]+==", text, re.MULTILINE)
+        assert text.count("--hash=sha256:") >= len(entries)
+        assert "torch" not in pinned  # training only, never shipped
+    assert "--require-hashes" in (PACKAGING / "build-deb").read_text()
+    assert "--require-hashes" in (PACKAGING / "docker" / "Dockerfile").read_text()
