@@ -174,7 +174,12 @@ class CommandAuth:
             known = ", ".join(sorted(self.keys)) or "none configured"
             raise AuthError("unknown_key", f"key {key_id!r} is not trusted (trusted: {known})")
         try:
-            key.key.verify(base64.b64decode(sig, validate=True), signed_bytes(topic, body))
+            raw = base64.b64decode(sig, validate=True)
+            if base64.b64encode(raw).decode() != sig:
+                # Only the canonical spelling: unused bits set in the last character
+                # would give one signature many texts.
+                raise ValueError("non-canonical base64")
+            key.key.verify(raw, signed_bytes(topic, body))
         except (binascii.Error, InvalidSignature, ValueError):
             raise AuthError(
                 "bad_signature",

@@ -8,6 +8,7 @@ own tests (tests/drivers/..., tests/gateway/test_command_intake.py)."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
 from pathlib import Path
@@ -183,6 +184,21 @@ def test_a_signed_command_changed_anywhere_is_refused(where: int, value: int, fi
         sig = bytearray(body["auth"]["sig"].encode())
         sig[where % len(sig)] = ord("A") if sig[where % len(sig)] != ord("A") else ord("B")
         body["auth"] = {**body["auth"], "sig": sig.decode()}
+    with pytest.raises(AuthError) as info:
+        AUTH.authorize(TOPIC, body, "write:valve-1")
+    assert info.value.code == "bad_signature"
+
+
+def test_a_signature_spelled_non_canonically_is_refused() -> None:
+    """64 bytes take 86 base64 characters; the last one has 4 unused bits. Setting them
+    decodes to the same bytes, yet the node accepts only the one canonical spelling."""
+    body = sign_command(TOPIC, {"id": "c1", "args": {"device": "valve-1", "value": 1}},
+                        key_id="ops", private=OPERATOR)  # fmt: skip
+    sig = body["auth"]["sig"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    twin = sig[:85] + alphabet[alphabet.index(sig[85]) ^ 0b0001] + sig[86:]
+    assert twin != sig and base64.b64decode(twin) == base64.b64decode(sig)  # same bytes
+    body["auth"] = {**body["auth"], "sig": twin}
     with pytest.raises(AuthError) as info:
         AUTH.authorize(TOPIC, body, "write:valve-1")
     assert info.value.code == "bad_signature"
