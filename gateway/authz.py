@@ -174,12 +174,7 @@ class CommandAuth:
             known = ", ".join(sorted(self.keys)) or "none configured"
             raise AuthError("unknown_key", f"key {key_id!r} is not trusted (trusted: {known})")
         try:
-            raw = base64.b64decode(sig, validate=True)
-            if base64.b64encode(raw).decode() != sig:
-                # Only the canonical spelling: unused bits set in the last character
-                # would give one signature many texts.
-                raise ValueError("non-canonical base64")
-            key.key.verify(raw, signed_bytes(topic, body))
+            key.key.verify(_canonical_b64(sig), signed_bytes(topic, body))
         except (binascii.Error, InvalidSignature, ValueError):
             raise AuthError(
                 "bad_signature",
@@ -449,3 +444,12 @@ class CommandGuard:
                 node=self.node,
             )
         )
+
+
+def _canonical_b64(text: str) -> bytes:
+    """The bytes `text` spells in base64, accepting only the one canonical spelling: set
+    unused bits in the last character would give one signature many texts."""
+    raw = base64.b64decode(text, validate=True)
+    if base64.b64encode(raw).decode() != text:
+        raise ValueError("non-canonical base64")
+    return raw
