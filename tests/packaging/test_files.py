@@ -65,3 +65,38 @@ def test_what_ships_is_pinned_by_hash_and_matches_the_project() -> None:
         assert "torch" not in pinned  # training only, never shipped
     assert "--require-hashes" in (PACKAGING / "build-deb").read_text()
     assert "--require-hashes" in (PACKAGING / "docker" / "Dockerfile").read_text()
+
+
+def test_pin_base_writes_the_digest_the_registry_gives(tmp_path: Path) -> None:
+    """No registry is reachable here; `crane` on PATH stands in for the registry client,
+    and the script's part (ask, check the answer, rewrite ARG BASE) is what is tested."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "docker"
+    folder.mkdir()
+    for name in ("Dockerfile", "pin-base"):
+        shutil.copy2(PACKAGING / "docker" / name, folder / name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    digest = "sha256:" + "ab" * 32
+    crane = bin_dir / "crane"
+    crane.write_text(f'#!/bin/sh\n[ "$1" = digest ] && echo {digest}\n')
+    crane.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run(
+        [folder / "pin-base"], check=False, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lines = (folder / "Dockerfile").read_text().splitlines()
+    assert f"ARG BASE=python:3.11-slim-bookworm@{digest}" in lines
+    assert sum(line.startswith("FROM ${BASE}") for line in lines) == 2
+    # a registry answer that is not a digest changes nothing and says so
+    crane.write_text("#!/bin/sh\necho 'error: MANIFEST_UNKNOWN'\n")
+    before = (folder / "Dockerfile").read_text()
+    bad = subprocess.run(
+        [folder / "pin-base"], check=False, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "no digest" in bad.stderr
+    assert (folder / "Dockerfile").read_text() == before
