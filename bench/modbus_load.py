@@ -195,15 +195,17 @@ class Result:
     delivered: int
     cpu_pct: float
     rss_mb: float
+    sys_pct: float = 0.0  # the part of cpu_pct spent in the kernel
 
     @property
     def share(self) -> float:
         return self.delivered / self.expected if self.expected else 0.0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of `pid` so far (all its threads)."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / TICK
+    return int(stat[11]) / TICK, int(stat[12]) / TICK
 
 
 def rss_mb(pid: int) -> float:
@@ -290,7 +292,15 @@ async def measure(
     if system == "node" and "Traceback" in err:
         print(f"node stderr:\n{err}", file=sys.stderr)
     expected = len(ports) * args.points / args.period * (t1 - t0)
-    return Result(system, expected, n1 - n0, (c1 - c0) / (t1 - t0) * 100, statistics.median(rss))
+    wall = t1 - t0
+    return Result(
+        system,
+        expected,
+        n1 - n0,
+        (sum(c1) - sum(c0)) / wall * 100,
+        statistics.median(rss),
+        (c1[1] - c0[1]) / wall * 100,
+    )
 
 
 def per_reading(result: Result, seconds: float) -> float:
@@ -332,7 +342,8 @@ async def bench(args: argparse.Namespace) -> None:
                     print(
                         f"round {r + 1} {res.system:>6}: {res.share * 100:5.1f} % delivered "
                         f"({res.delivered / args.seconds:,.0f} readings/s), "
-                        f"CPU {res.cpu_pct:5.1f} %, RSS {res.rss_mb:.0f} MB"
+                        f"CPU {res.cpu_pct:5.1f} % (kernel {res.sys_pct:.1f}), "
+                        f"RSS {res.rss_mb:.0f} MB"
                     )
                 if len(results) == 2:
                     node, poller = results["node"], results["poller"]

@@ -7,13 +7,14 @@ build on this; a driver sees only the `DriverContext` protocol.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TypeVar
 
-from drivers.api import Clock, DriverContext, Quality, Reading, Value
+from drivers.api import Clock, DriverContext, PointValue, Quality, Reading, Value
 from drivers.sharing import SharedResources
+from gateway.kernel.records import BLOCK_IDS, ReadingBatch
 
 T = TypeVar("T")
 
@@ -70,6 +71,28 @@ class ContextBase(DriverContext):
             ts=ts or self._clock.now(),
             node=self._node_id,
         )
+
+    def batches(
+        self, values: Sequence[PointValue], ts: datetime | None = None
+    ) -> list[ReadingBatch]:
+        """`values` of this device as reading batches (of at most 1024 each: one id block)."""
+        when = ts or self._clock.now()
+        out = []
+        for start in range(0, len(values), BLOCK_IDS):
+            chunk = values[start : start + BLOCK_IDS]
+            points, vals, units, qualities = zip(*chunk, strict=True)
+            out.append(
+                ReadingBatch(
+                    device=self._device_id,
+                    points=points,
+                    values=vals,
+                    units=units,
+                    qualities=qualities,
+                    ts=when,
+                    node=self._node_id,
+                )
+            )
+        return out
 
     def shared(
         self, key: str, factory: Callable[[], Awaitable[T]]

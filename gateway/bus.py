@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -48,8 +49,46 @@ class SubscriptionStats:
     policy: DropPolicy
 
 
+class Wake:
+    """A flag that interrupts a consumer waiting in `Subscription.get_batch` (other work
+    has come: acknowledgements to commit, a timer due). Like an `asyncio.Event`, but a
+    subscription can wait for it and for its next record on one future, without a task."""
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        self._flag = True
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+
+
 class Subscription:
-    """A consumer's bounded queue on the bus. Iterate it, or call `get`/`get_batch`."""
+    """A consumer's bounded queue on the bus. Iterate it, or call `get`/`get_batch`.
+
+    One consumer per subscription: it waits on a single future that the next record (or
+    its `Wake`) resolves; a record costs an append and, if the consumer sleeps, one
+    wake-up, not a task."""
 
     def __init__(
         self,
@@ -67,8 +106,11 @@ class Subscription:
         self.policy = policy
         self.kinds = kinds
         self.max_wait = max_wait
+        self.maxsize = maxsize
         self._bus = bus
-        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize)
+        self._items: deque[Record] = deque()
+        self._getter: asyncio.Future[None] | None = None  # the consumer, asleep
+        self._putters: deque[asyncio.Future[None]] = deque()  # publishers waiting for room
         self.delivered = 0
         self.dropped = 0
         self._streak = 0  # drops since the queue last had room
@@ -78,13 +120,16 @@ class Subscription:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._items)
+
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
 
     def stats(self) -> SubscriptionStats:
         return SubscriptionStats(
             name=self.name,
             depth=self.depth,
-            maxsize=self._queue.maxsize,
+            maxsize=self.maxsize,
             delivered=self.delivered,
             dropped=self.dropped,
             policy=self.policy,
@@ -92,34 +137,48 @@ class Subscription:
 
     async def offer(self, record: Record) -> None:
         """Queue `record` according to the subscription's policy."""
-        if self.policy is DropPolicy.BACKPRESSURE and self._queue.full():
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-                # cancellation that arrives as the inner call completes
-                async with asyncio.timeout(self.max_wait):
-                    await self._queue.put(record)
-            except TimeoutError:
-                self._drop(record)
-            else:
-                self._delivered()
-            return
+        if self.policy is DropPolicy.BACKPRESSURE and self.full():
+            deadline = asyncio.get_running_loop().time() + self.max_wait
+            while self.full():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or not await self._room(remaining):
+                    self._drop(record)
+                    return
         self.offer_nowait(record)
+
+    async def _room(self, within: float) -> bool:
+        """Wait up to `within` s for the consumer to take a record; False if it did not.
+        (A timer on a future, not asyncio.timeout: no exception on the hot path.)"""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._putters.append(fut)
+        timer = loop.call_later(within, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            if fut in self._putters:
+                self._putters.remove(fut)
+        return not self.full()
 
     def offer_nowait(self, record: Record) -> None:
         """Queue `record` without waiting: a full queue loses its oldest (DROP_OLDEST) or
         the new record (BACKPRESSURE), counted either way."""
-        if self._queue.full():
+        if self.full():
             if self.policy is DropPolicy.DROP_OLDEST:
-                self._drop(self._queue.get_nowait())
+                self._drop(self._items.popleft())
             else:
                 self._drop(record)
                 return
-        self._queue.put_nowait(record)
+        self._items.append(record)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
         self._delivered()
 
     def _delivered(self) -> None:
         self.delivered += 1
-        if self._streak and not self._queue.full():
+        if self._streak and not self.full():
             logger.info(
                 "bus consumer %r caught up after dropping %d record(s)", self.name, self._streak
             )
@@ -132,63 +191,72 @@ class Subscription:
             logger.warning(
                 "bus consumer %r is too slow (queue of %d full, policy %s): dropping records",
                 self.name,
-                self._queue.maxsize,
+                self.maxsize,
                 self.policy.value,
             )
         logger.debug("bus consumer %r dropped %s", self.name, record.id)
 
+    def _take(self) -> Record:
+        record = self._items.popleft()
+        while self._putters:
+            fut = self._putters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        return record
+
+    async def _wait(self, wake: Wake | None = None, within: float | None = None) -> bool:
+        """Wait until a record is queued (True), or `wake` is set or `within` s pass."""
+        if self._items:
+            return True
+        if wake is not None and wake.is_set():
+            return False
+        if self._getter is not None:
+            raise RuntimeError(f"subscription {self.name!r} has a consumer already")
+        loop = asyncio.get_running_loop()
+        fut = self._getter = loop.create_future()
+        if wake is not None:
+            wake._waiters.append(fut)  # the two are made for each other
+        timer = loop.call_later(within, _resolve, fut) if within is not None else None
+        try:
+            await fut
+        finally:
+            self._getter = None
+            if timer is not None:
+                timer.cancel()
+            if wake is not None and fut in wake._waiters:
+                wake._waiters.remove(fut)
+        return bool(self._items)
+
     async def get(self) -> Record:
-        return await self._queue.get()
+        while not await self._wait():
+            pass
+        return self._take()
 
     def get_nowait(self) -> Record | None:
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+        return self._take() if self._items else None
 
     async def get_batch(
-        self, max_items: int, linger: float, *, wake: asyncio.Event | None = None
+        self, max_items: int, linger: float, *, wake: Wake | None = None
     ) -> list[Record]:
         """Wait for one record, then collect up to `max_items` arriving within `linger` s.
 
         If `wake` is given and gets set while the queue is empty, return an empty list
         (the caller has other work, such as acknowledgements to commit).
         """
-        first = await self._first(wake) if wake is not None else await self._queue.get()
-        if first is None:
-            return []
-        batch = [first]
+        while not await self._wait(wake):
+            if wake is not None and wake.is_set():
+                return []
+        batch = [self._take()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + linger
         while len(batch) < max_items:
-            item = self.get_nowait()
-            if item is None:
+            if not self._items:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or not await self._wait(within=remaining):
                     break
-                try:
-                    # a get() interrupted by the timeout leaves its item in the queue
-                    async with asyncio.timeout(remaining):
-                        item = await self._queue.get()
-                except TimeoutError:
-                    break
-            batch.append(item)
+            batch.append(self._take())
         return batch
-
-    async def _first(self, wake: asyncio.Event) -> Record | None:
-        item = self.get_nowait()
-        if item is not None or wake.is_set():
-            return item
-        async with asyncio.TaskGroup() as tg:
-            getter = tg.create_task(self._queue.get(), name=f"bus[{self.name}].get")
-            woken = tg.create_task(wake.wait(), name=f"bus[{self.name}].wake")
-            await asyncio.wait((getter, woken), return_when=asyncio.FIRST_COMPLETED)
-            woken.cancel()
-            getter.cancel()
-        # a getter that completed before its cancellation keeps its item
-        if not getter.cancelled():
-            return getter.result()
-        return None
 
     def close(self) -> None:
         self._bus.unsubscribe(self)
@@ -209,7 +277,12 @@ class Subscription:
 
     async def _iterate(self) -> AsyncIterator[Record]:
         while True:
-            yield await self._queue.get()
+            yield await self.get()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Bus:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
-from drivers.api import Driver
+from drivers.api import Driver, PointValue
 from drivers.context import ContextBase
 from drivers.sharing import SharedResources
 from gateway.bus import Bus
@@ -58,6 +60,17 @@ class DeviceContext(ContextBase):
             self._after_failure = (True, "")  # it reads again
         self.published += 1
         await self._bus.publish(stamp(reading, self._node_id))
+
+    async def publish_values(
+        self, values: Sequence[PointValue], *, ts: datetime | None = None
+    ) -> None:
+        if not values:
+            return
+        if self.failed and self._after_failure is None:
+            self._after_failure = (True, "")  # it reads again
+        self.published += len(values)
+        for batch in self.batches(values, ts):
+            await self._bus.publish(batch)
 
     def set_online(self, online: bool, reason: str = "") -> None:
         if self.failed:

@@ -23,7 +23,7 @@ from typing import Any, TypeGuard
 from gateway.bus import Bus, DropPolicy
 from gateway.kernel.component import Ready
 from gateway.kernel.geo import move
-from gateway.kernel.records import Event, Reading
+from gateway.kernel.records import Event, Reading, ReadingBatch
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,11 @@ class LocationService:
 
     def observe(self, record: object, now: float | None = None) -> None:
         """Take one record from the bus into account."""
+        if isinstance(record, ReadingBatch):
+            if record.device == self.source:
+                for reading in record.readings():
+                    self.observe(reading, now)
+            return
         if isinstance(record, Reading) and record.device == self.source:
             now = time.monotonic() if now is None else now
             self.updates += 1
@@ -125,7 +130,10 @@ class LocationService:
             ready()
             return
         with self.bus.subscribe(
-            "location", maxsize=1000, policy=DropPolicy.DROP_OLDEST, kinds=(Reading, Event)
+            "location",
+            maxsize=1000,
+            policy=DropPolicy.DROP_OLDEST,
+            kinds=(Reading, ReadingBatch, Event),
         ) as sub:
             ready()
             async for record in sub:

@@ -41,9 +41,20 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from gateway.bus import Bus, DropPolicy
+import orjson
+
+from gateway.bus import Bus, DropPolicy, Wake
 from gateway.kernel.component import Ready
-from gateway.kernel.records import Detection, Event, Reading, Record, Severity, new_id
+from gateway.kernel.records import (
+    Detection,
+    Event,
+    Reading,
+    ReadingBatch,
+    Record,
+    Severity,
+    iso_time,
+    new_id,
+)
 from gateway.snapshots import SnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -121,7 +132,12 @@ class _Pending:
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    # orjson: compact UTF-8 in one pass; what it cannot encode natively (a Path, a
+    # datetime in an event's data) becomes its text, as json.dumps(default=str) did
+    try:
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, say: the slow, general way
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 def priority_of(record: Record) -> Priority:
@@ -151,11 +167,14 @@ def pack(
     has a JPEG in `snapshots` names it and is followed by a raw message carrying it, and so
     is an event whose `snapshot` id has a JPEG there."""
     out: list[_Pending] = []
-    by_device: dict[str, list[Reading]] = {}
+    by_device: dict[str, list[dict[str, Any]]] = {}
     pictured: set[str] = set()
     for record in records:
+        if isinstance(record, ReadingBatch):
+            by_device.setdefault(record.device, []).extend(record.to_dicts())
+            continue
         if isinstance(record, Reading):
-            by_device.setdefault(record.device, []).append(record)
+            by_device.setdefault(record.device, []).append(_reading_dict(record))
             continue
         body = record.to_dict()
         body["node"] = node
@@ -184,15 +203,7 @@ def pack(
         for start in range(0, len(readings), batch_max):
             chunk = readings[start : start + batch_max]
             msg_id = new_id()
-            body = {
-                "id": msg_id,
-                "node": node,
-                "device": device,
-                "readings": [
-                    {k: v for k, v in r.to_dict().items() if k not in ("node", "device")}
-                    for r in chunk
-                ],
-            }
+            body = {"id": msg_id, "node": node, "device": device, "readings": chunk}
             out.append(
                 _Pending(
                     msg_id,
@@ -205,6 +216,17 @@ def pack(
                 )
             )
     return out
+
+
+def _reading_dict(r: Reading) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "point": r.point,
+        "value": r.value,
+        "unit": r.unit,
+        "quality": r.quality.value,
+        "ts": iso_time(r.ts),
+    }
 
 
 class OutboxStore:
@@ -253,16 +275,27 @@ class OutboxStore:
         self._refresh_stats()
 
     def _refresh_stats(self) -> None:
-        self.stats.by_priority.clear()
-        total_n = total_b = 0
+        """Count what the file holds (once, at open; commits keep the totals running)."""
+        self._totals = {prio: [0, 0] for prio in Priority}  # messages, bytes
         for prio, n, size in self.db.execute(
             "SELECT priority, count(*), coalesce(sum(size), 0) FROM messages GROUP BY priority"
         ):
-            self.stats.by_priority[Priority(prio).name.lower()] = n
-            total_n += n
-            total_b += size
-        self.stats.messages = total_n
-        self.stats.bytes = total_b
+            self._totals[Priority(prio)] = [n, size]
+        self._publish_stats()
+
+    def _publish_stats(self) -> None:
+        by = self.stats.by_priority
+        by.clear()
+        for prio, (n, _) in self._totals.items():
+            if n:
+                by[prio.name.lower()] = n
+        self.stats.messages = sum(n for n, _ in self._totals.values())
+        self.stats.bytes = sum(b for _, b in self._totals.values())
+
+    def _count(self, priority: int, messages: int, size: int) -> None:
+        total = self._totals[Priority(priority)]
+        total[0] += messages
+        total[1] += size
 
     def commit(
         self,
@@ -277,24 +310,40 @@ class OutboxStore:
         Evictions spare `protect` (messages in flight). If any happen, the message that
         `reporter` makes of them is stored in the same transaction, in room reserved for
         it, so that the report is exact. Returns the evictions by class.
+
+        No part of it grows with the backlog: the totals are kept running (deletions
+        return what they freed), and the eviction walks the index from the oldest.
         """
         evicted: dict[str, int] = {}
-        with self._transaction() as cur:
-            acked = list(acked)
-            if acked:
-                cur.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s in acked])
-            self._insert(cur, pending)
-            used = cur.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
-            if used > self.max_bytes:
-                reserve = REPORT_RESERVE if reporter is not None else 0
-                evicted = self._evict(cur, used - self.max_bytes + reserve, protect)
-                if evicted and reporter is not None:
-                    self._insert(cur, reporter("evicted", evicted))
+        before = {prio: list(t) for prio, t in self._totals.items()}
+        try:
+            with self._transaction() as cur:
+                self._delete(cur, list(acked))
+                self._insert(cur, pending)
+                used = sum(b for _, b in self._totals.values())
+                if used > self.max_bytes:
+                    reserve = REPORT_RESERVE if reporter is not None else 0
+                    evicted = self._evict(cur, used - self.max_bytes + reserve, protect)
+                    if evicted and reporter is not None:
+                        self._insert(cur, reporter("evicted", evicted))
+        except BaseException:
+            self._totals = before  # rolled back: so are the totals
+            raise
         for name, n in evicted.items():
             self.stats.evicted[name] += n
         self.stats.accepted += sum(p.count for p in pending)
-        self._refresh_stats()
+        self._publish_stats()
         return evicted
+
+    def _delete(self, cur: sqlite3.Cursor, seqs: Sequence[int]) -> None:
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for prio, size in cur.execute(
+                f"DELETE FROM messages WHERE seq IN ({marks}) RETURNING priority, size",  # noqa: S608 - only placeholders
+                chunk,
+            ).fetchall():
+                self._count(prio, -1, -size)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -308,8 +357,9 @@ class OutboxStore:
             raise
         cur.execute("COMMIT")
 
-    @staticmethod
-    def _insert(cur: sqlite3.Cursor, pending: Sequence[_Pending]) -> None:
+    def _insert(self, cur: sqlite3.Cursor, pending: Sequence[_Pending]) -> None:
+        for p in pending:
+            self._count(p.priority, 1, len(p.body) + ROW_OVERHEAD)
         cur.executemany(
             "INSERT INTO messages (id, priority, topic, stream, body, count, size, created, raw)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -329,8 +379,7 @@ class OutboxStore:
             ],
         )
 
-    @staticmethod
-    def _evict(cur: sqlite3.Cursor, excess: int, protect: Collection[int]) -> dict[str, int]:
+    def _evict(self, cur: sqlite3.Cursor, excess: int, protect: Collection[int]) -> dict[str, int]:
         """Delete the oldest messages of the lowest classes until `excess` bytes are freed."""
         evicted: dict[str, int] = {}
         freed = 0
@@ -351,6 +400,7 @@ class OutboxStore:
                         continue
                     victims.append((seq,))
                     freed += size
+                    self._count(prio, -1, -size)
                     name = prio.name.lower()
                     evicted[name] = evicted.get(name, 0) + count
                     if freed >= excess:
@@ -361,41 +411,59 @@ class OutboxStore:
     def expire(self, now: float, reporter: Reporter | None = None) -> dict[str, int]:
         """Delete messages older than their class's time to live (and store the report)."""
         expired: dict[str, int] = {}
-        with self._transaction() as cur:
-            for prio, ttl in self.ttl.items():
-                cur.execute(
-                    "DELETE FROM messages WHERE priority = ? AND created < ? RETURNING count",
-                    (int(prio), now - ttl),
-                )
-                n = sum(row[0] for row in cur.fetchall())
-                if n:
-                    expired[prio.name.lower()] = n
-            if expired and reporter is not None:
-                self._insert(cur, reporter("expired", expired))
+        before = {prio: list(t) for prio, t in self._totals.items()}
+        try:
+            with self._transaction() as cur:
+                for prio, ttl in self.ttl.items():
+                    cur.execute(
+                        "DELETE FROM messages WHERE priority = ? AND created < ?"
+                        " RETURNING count, size",
+                        (int(prio), now - ttl),
+                    )
+                    rows = cur.fetchall()
+                    n = sum(row[0] for row in rows)
+                    if rows:
+                        self._count(prio, -len(rows), -sum(row[1] for row in rows))
+                    if n:
+                        expired[prio.name.lower()] = n
+                if expired and reporter is not None:
+                    self._insert(cur, reporter("expired", expired))
+        except BaseException:
+            self._totals = before
+            raise
         for name, n in expired.items():
             self.stats.expired[name] += n
-        if expired:
-            self._refresh_stats()
+        self._publish_stats()
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return expired
 
-    def peek(self, limit: int, exclude: set[int]) -> list[Message]:
+    def peek(
+        self, limit: int, exclude: Collection[int], after: dict[Priority, int] | None = None
+    ) -> list[Message]:
         """The next `limit` messages to send (by priority, then sequence), skipping
-        `exclude` (in flight or acknowledged but not yet deleted)."""
+        `exclude` (in flight or acknowledged but not yet deleted) and, per class, every
+        message up to `after[class]` (those already handed out): each class is read from
+        where its last hand-out ended, along the index, so the cost does not grow with the
+        acknowledgements waiting to be deleted or with the backlog."""
         out: list[Message] = []
-        # fetch a little more than needed; `exclude` is small (in-flight window + acks)
-        rows = self.db.execute(
-            "SELECT seq, id, priority, topic, stream, body, count, raw FROM messages"
-            " ORDER BY priority, seq LIMIT ?",
-            (limit + len(exclude),),
-        ).fetchall()
-        for seq, mid, prio, topic, stream, body, count, raw in rows:
-            if seq in exclude:
-                continue
-            out.append(
-                Message(seq, mid, Priority(prio), topic, stream, bytes(body), count, bool(raw))
-            )
-            if len(out) == limit:
+        for prio in Priority:  # ALARM first
+            start = after.get(prio, 0) if after else 0
+            while len(out) < limit:
+                want = limit - len(out)
+                rows = self.db.execute(
+                    "SELECT seq, id, topic, stream, body, count, raw FROM messages"
+                    " WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (int(prio), start, want),
+                ).fetchall()
+                for seq, mid, topic, stream, body, count, raw in rows:
+                    start = seq
+                    if seq not in exclude:
+                        out.append(
+                            Message(seq, mid, prio, topic, stream, bytes(body), count, bool(raw))
+                        )
+                if len(rows) < want:
+                    break  # this class is exhausted
+            if len(out) >= limit:
                 break
         return out
 
@@ -450,7 +518,9 @@ class Outbox:
         self._acked: set[int] = set()  # acknowledged, deletion not yet committed
         self._deleting: set[int] = set()  # deletion being committed right now
         self._inflight: set[int] = set()
-        self._ack_wake = asyncio.Event()
+        # per class, the highest seq handed to the uplink (where the next peek starts)
+        self._handed: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._ack_wake = Wake()
 
     @property
     def stats(self) -> OutboxStats:
@@ -512,7 +582,7 @@ class Outbox:
                 self._executor = None
 
     async def _records_or_timeout(self, sub: Any) -> list[Record]:
-        timer = asyncio.Event()
+        timer = Wake()
         handle = asyncio.get_running_loop().call_later(self.ack_interval, timer.set)
         try:
             batch: list[Record] = await sub.get_batch(
@@ -536,6 +606,7 @@ class Outbox:
             await self._call(store.close)
             self.available.clear()
             self._inflight.clear()
+            self._handed = dict.fromkeys(Priority, 0)
             logger.info("outbox closed")
 
     async def _commit(self, records: Sequence[Record]) -> None:
@@ -606,13 +677,16 @@ class Outbox:
             if self.store is not None and self._executor is not None:
                 self.available.clear()
                 exclude = self._inflight | self._acked | self._deleting
-                msgs: list[Message] = await self._call(self.store.peek, limit, exclude)
+                after = dict(self._handed)
+                msgs: list[Message] = await self._call(self.store.peek, limit, exclude, after)
                 # acks may have arrived while the thread worked
                 msgs = [
                     m for m in msgs if m.seq not in self._inflight | self._acked | self._deleting
                 ]
                 if msgs:
                     self._inflight.update(m.seq for m in msgs)
+                    for m in msgs:
+                        self._handed[m.priority] = max(self._handed[m.priority], m.seq)
                     return msgs
             await self.available.wait()
 
@@ -628,6 +702,8 @@ class Outbox:
         """`msgs` were not acknowledged (connection lost): send them again later."""
         for msg in msgs:
             self._inflight.discard(msg.seq)
+            # read this class again from before it
+            self._handed[msg.priority] = min(self._handed[msg.priority], msg.seq - 1)
         self.available.set()
 
     @property

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.bus import Bus, DropPolicy, Subscription
+from gateway.bus import Bus, DropPolicy, Subscription, Wake
 from gateway.commands import CommandError, CommandRouter
 from gateway.kernel.component import Ready
-from gateway.kernel.records import Detection, Event, Reading, Severity
+from gateway.kernel.records import Detection, Event, Reading, ReadingBatch, Severity
 from rules.deploy import RuleDeployer
 from rules.engine import RuleEngine
 
@@ -34,7 +34,7 @@ class RuleHost:
         self.engine = engine
         self.bus = bus
         self.writer = writer
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         engine.on_change = self._wake.set
 
     async def run(self, ready: Ready) -> None:
@@ -43,7 +43,7 @@ class RuleHost:
             maxsize=10_000,
             policy=DropPolicy.BACKPRESSURE,
             max_wait=1.0,
-            kinds=(Reading, Detection),
+            kinds=(Reading, ReadingBatch, Detection),
         )
         engine = self.engine
         try:
@@ -52,7 +52,9 @@ class RuleHost:
                 while True:
                     record = await self._next(sub)
                     now = engine.monotonic()
-                    if isinstance(record, Reading):
+                    if isinstance(record, ReadingBatch):
+                        engine.on_batch(record, now)
+                    elif isinstance(record, Reading):
                         engine.on_reading(record, now)
                     elif isinstance(record, Detection):
                         engine.on_detection(record, now)
@@ -67,7 +69,7 @@ class RuleHost:
         finally:
             sub.close()
 
-    async def _next(self, sub: Subscription) -> Reading | Detection | None:
+    async def _next(self, sub: Subscription) -> Reading | ReadingBatch | Detection | None:
         """The next record, or None when a timer is due or the bundle changed."""
         if self._wake.is_set():
             self._wake.clear()
@@ -81,7 +83,7 @@ class RuleHost:
             return None
         self._wake.clear()
         record = batch[0] if batch else None
-        return record if isinstance(record, Reading | Detection) else None
+        return record if isinstance(record, Reading | ReadingBatch | Detection) else None
 
     async def _write(self, device: str, point: str, value: Any, rule_id: str) -> None:
         if self.writer is None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.kernel.records import Detection, Event, Reading, Severity, Value
+from gateway.kernel.records import Detection, Event, Reading, ReadingBatch, Severity, Value
 from rules.aggregates import DetectionLog, Seen, Window, make_window
 from rules.bundle import Aggregate, DetectionCount
 from rules.compiler import CompiledBundle, CompiledRule, undefined_name
@@ -185,6 +185,26 @@ class RuleEngine:
         for rule in rules:
             if rule.id not in self.disabled:
                 self._evaluate(rule, reading.device, now, extra=None)
+
+    def on_batch(self, batch: ReadingBatch, now: float | None = None) -> None:
+        """Take one poll's readings into account: the device's values first (all measured
+        at once), then the rules each reading triggers, in the batch's order."""
+        now = self.monotonic() if now is None else now
+        device = batch.device
+        self.values.setdefault(device, {}).update(zip(batch.points, batch.values, strict=True))
+        mine = self._device_rules.get(device)
+        if mine is None:
+            self._rules_for(device, batch.points[0])  # finds the device's rules
+            mine = self._device_rules[device]
+        if not mine:
+            return  # no rule reads this device: nothing to evaluate
+        for reading in batch.readings():
+            rules = self._rules_for(device, reading.point)
+            for rule in rules:
+                self._feed_windows(rule, reading, now)
+            for rule in rules:
+                if rule.id not in self.disabled:
+                    self._evaluate(rule, device, now, extra=None)
 
     def _feed_windows(self, rule: CompiledRule, reading: Reading, now: float) -> None:
         value = reading.value

@@ -155,7 +155,7 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
     )
     assert (
         "future         cityneuron-future (future_mod:Driver): written for driver API 3.0, "
-        "this node offers 2.0" in result.stdout
+        "this node offers 2.1" in result.stdout
     )
     assert (
         "legacy         cityneuron-legacy (legacy_mod:Driver): import failed: "
@@ -164,7 +164,7 @@ def test_broken_plugins_are_listed_with_the_reason_and_skipped(tmp_path: Path) -
     )
     assert (
         "oldapi         cityneuron-oldapi (oldapi_mod:Driver): written for driver API 1.1, "
-        "this node offers 2.0 (update the plugin: since 2.0 drivers import only drivers.api)"
+        "this node offers 2.1 (update the plugin: since 2.0 drivers import only drivers.api)"
         in result.stdout
     )
     assert "yolo-ok        cityneuron-yolo-ok (decoders_mod:good)" in result.stdout

@@ -23,6 +23,7 @@ from drivers.api import (
     DriverConfig,
     DriverContext,
     Duration,
+    PointValue,
     ProfileRef,
     Quality,
     Value,
@@ -184,7 +185,8 @@ class ModbusDriver(Driver):
         self._retry_at = 0.0
         self._failures = 0
         self._reporter = Reporter(config.report)
-        self._wake = asyncio.Event()
+        self._woken = False  # a write asked for an early read-back
+        self._sleeper: asyncio.Future[None] | None = None
         self._ctx: DriverContext | None = None
 
     def _groups(self) -> list[_Group]:
@@ -252,15 +254,31 @@ class ModbusDriver(Driver):
                 if delay > 0:
                     await clock.sleep(delay)
                 continue
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            else:
+            if await self._sleep(delay):
                 for group in self.groups:
                     group.due = min(group.due, clock.monotonic())
+
+    async def _sleep(self, delay: float) -> bool:
+        """Sleep `delay` s or until a write wakes the driver (True). A timer on a future:
+        this runs before every poll, and a timeout would raise and catch each time."""
+        if self._woken:
+            self._woken = False
+            return True
+        loop = asyncio.get_running_loop()
+        fut = self._sleeper = loop.create_future()
+        timer = loop.call_later(delay, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._sleeper = None
+        woken, self._woken = self._woken, False
+        return woken
+
+    def _wake(self) -> None:
+        self._woken = True
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
 
     async def _poll(self, ctx: DriverContext, group: _Group) -> None:
         now = ctx.clock.monotonic()
@@ -416,10 +434,14 @@ class ModbusDriver(Driver):
     async def _report(self, ctx: DriverContext, values: dict[str, tuple[Value, Quality]]) -> None:
         now = ctx.clock.monotonic()
         points = self.profile.points
+        due = self._reporter.due
+        report: list[PointValue] = []
         for name, (value, quality) in values.items():
             point = points[name]
-            if self._reporter.due(name, value, quality, now, point.deadband):
-                await ctx.publish(ctx.reading(name, value, unit=point.unit, quality=quality))
+            if due(name, value, quality, now, point.deadband):
+                report.append((name, value, point.unit, quality))
+        if report:
+            await ctx.publish_values(report)  # the poll's values: one record, one time
 
     # --- writes -----------------------------------------------------------------------
 
@@ -456,7 +478,12 @@ class ModbusDriver(Driver):
             self._ctx.logger.info("wrote %s.%s = %r", self.device_id, point, value)
         # read back soon so the new value is reported
         self._reporter.forget(point)
-        self._wake.set()
+        self._wake()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 _READ_METHOD = {

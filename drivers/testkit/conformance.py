@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar, get_args
@@ -20,6 +20,7 @@ from drivers.api import (
     DriverConfig,
     Event,
     FoundObject,
+    PointValue,
     Quality,
     Reading,
     SystemClock,
@@ -49,6 +50,12 @@ class RecordingContext(ContextBase):
 
     async def publish(self, reading: Reading) -> None:
         self.records.append(reading)
+
+    async def publish_values(
+        self, values: Sequence[PointValue], *, ts: datetime | None = None
+    ) -> None:
+        for batch in self.batches(values, ts):
+            self.records.extend(batch.readings())
 
     def set_online(self, online: bool, reason: str = "") -> None:
         if online == self.online:

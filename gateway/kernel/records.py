@@ -29,6 +29,23 @@ def new_id() -> str:
     return "".join([pairs[(n >> shift) & 1023] for shift in _SHIFTS])
 
 
+def id_block() -> str:
+    """The first 24 characters of a ULID whose last 10 random bits are left free: the ids
+    ``block + id_suffix(i)`` for i < 1024 are unique, time-ordered ULIDs made at the cost
+    of one (the readings of one poll share a time and a block)."""
+    n = (time.time_ns() // 1_000_000) << 80 | _rng.getrandbits(70) << 10
+    pairs = _PAIRS
+    return "".join([pairs[(n >> shift) & 1023] for shift in _SHIFTS[:-1]])
+
+
+def id_suffix(index: int) -> str:
+    """The last two characters of the id number `index` (< 1024) of an `id_block`."""
+    return _PAIRS[index]
+
+
+BLOCK_IDS = 1024  # ids one block can give
+
+
 def id_time(ident: str) -> datetime:
     """The creation time encoded in an id made by `new_id`."""
     ms = 0
@@ -147,7 +164,67 @@ class Event:
         }
 
 
-Record = Reading | Detection | Event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadingBatch:
+    """The readings one poll of one device produced: measured at one moment, as columns.
+
+    A poll of 50 registers is one record on the bus and one row of its message in the
+    outbox, not 50 objects; `readings()` gives them one by one where a consumer needs
+    them (the rules of that device). Reading number i has the id ``ids + id_suffix(i)``.
+    """
+
+    device: str
+    points: tuple[str, ...]
+    values: tuple[Value, ...]
+    units: tuple[str | None, ...]
+    qualities: tuple[Quality, ...]
+    ts: datetime = field(default_factory=utcnow)
+    node: str = ""
+    ids: str = field(default_factory=id_block)  # at most BLOCK_IDS readings
+
+    def __post_init__(self) -> None:
+        n = len(self.points)
+        if not 0 < n <= BLOCK_IDS or not (
+            len(self.values) == len(self.units) == len(self.qualities) == n
+        ):
+            raise ValueError(
+                f"a reading batch needs 1 to {BLOCK_IDS} points with a value, unit and "
+                f"quality each (got {n} points, {len(self.values)} values)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @property
+    def id(self) -> str:
+        """The id of its first reading (what a bus drop names)."""
+        return self.ids + _PAIRS[0]
+
+    def readings(self) -> list[Reading]:
+        ids, ts, node, device = self.ids, self.ts, self.node, self.device
+        return [
+            Reading(
+                device=device, point=p, value=v, unit=u, quality=q, ts=ts, node=node,
+                id=ids + _PAIRS[i],
+            )
+            for i, (p, v, u, q) in enumerate(
+                zip(self.points, self.values, self.units, self.qualities, strict=True)
+            )
+        ]  # fmt: skip
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """Its readings as the telemetry message carries them (without node and device)."""
+        ids, ts = self.ids, iso_time(self.ts)
+        pairs = _PAIRS
+        return [
+            {"id": ids + pairs[i], "point": p, "value": v, "unit": u, "quality": q.value, "ts": ts}
+            for i, (p, v, u, q) in enumerate(
+                zip(self.points, self.values, self.units, self.qualities, strict=True)
+            )
+        ]
+
+
+Record = Reading | ReadingBatch | Detection | Event
 
 
 def stamp(record: Record, node: str) -> Record:

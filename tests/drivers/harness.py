@@ -13,7 +13,7 @@ from drivers.sharing import SharedResources
 from gateway.bus import Bus
 from gateway.devices import DeviceContext
 from gateway.kernel.clock import SystemClock
-from gateway.kernel.records import Event, Reading, Record
+from gateway.kernel.records import Event, Reading, ReadingBatch, Record
 from gateway.snapshots import SnapshotStore
 
 
@@ -25,9 +25,14 @@ class Harness:
     records: list[Record] = field(default_factory=list)
 
     def readings(self, device: str, point: str | None = None) -> list[Reading]:
+        every = (
+            r
+            for record in self.records
+            for r in (record.readings() if isinstance(record, ReadingBatch) else [record])
+        )
         return [
             r
-            for r in self.records
+            for r in every
             if isinstance(r, Reading) and r.device == device and (point is None or r.point == point)
         ]
 

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from gateway.bus import Bus, DropPolicy
+from gateway.bus import Bus, DropPolicy, Wake
 from gateway.kernel.records import Event, Reading
 
 
@@ -108,3 +108,32 @@ async def test_get_batch_stops_at_max_items() -> None:
 def test_subscription_rejects_a_zero_size_queue() -> None:
     with pytest.raises(ValueError, match="maxsize must be >= 1"):
         Bus().subscribe("bad", maxsize=0)
+
+
+async def test_a_wake_interrupts_a_waiting_consumer_and_a_record_still_wins() -> None:
+    bus = Bus()
+    with bus.subscribe("c", maxsize=10) as sub:
+        wake = Wake()
+        waiting = asyncio.create_task(sub.get_batch(10, 0.0, wake=wake), name="test.wait")
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        wake.set()
+        assert await asyncio.wait_for(waiting, 1) == []  # woken with nothing queued
+        # set before the record: a queued record is returned, never lost to the wake
+        await bus.publish(Reading(device="d", point="p", value=1))
+        got = await sub.get_batch(10, 0.0, wake=wake)
+        assert [r.value for r in got] == [1]  # type: ignore[union-attr]
+        wake.clear()
+        waiting = asyncio.create_task(sub.get_batch(10, 0.0, wake=wake), name="test.wait2")
+        await asyncio.sleep(0.01)
+        await bus.publish(Reading(device="d", point="p", value=2))
+        assert [r.value for r in await asyncio.wait_for(waiting, 1)] == [2]  # type: ignore[union-attr]
+        # a consumer cancelled while waiting leaves the subscription usable
+        waiting = asyncio.create_task(sub.get(), name="test.cancel")
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await bus.publish(Reading(device="d", point="p", value=3))
+        assert (await asyncio.wait_for(sub.get(), 1)).value == 3  # type: ignore[union-attr]
+        assert wake._waiters == []  # nothing left registered

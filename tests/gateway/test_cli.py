@@ -29,7 +29,7 @@ def cli(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedPr
 def test_version() -> None:
     result = cli("version")
     assert result.returncode == 0
-    assert result.stdout.startswith("cityneuron 0.1.0 (driver API 2.0")
+    assert result.stdout.startswith("cityneuron 0.1.0 (driver API 2.1")
 
 
 def test_check_config_accepts_the_example_with_one_summary_line() -> None:

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.bus import Bus
 from gateway.kernel.component import Ready
-from gateway.kernel.records import Event, Reading, Severity
+from gateway.kernel.records import Event, Quality, Reading, ReadingBatch, Severity
 from gateway.outbox import Outbox, OutboxStore, Priority, pack
 
 
@@ -221,4 +223,90 @@ def test_expiry_report_is_stored(tmp_path: Path) -> None:
     assert s.expire(now=50, reporter=reporter) == {"telemetry": 4}
     (report,) = s.peek(10, set())
     assert json.loads(report.body)["data"] == {"why": "expired", "telemetry": 4}
+    s.close()
+
+
+def batch(device: str, values: list[int]) -> ReadingBatch:
+    n = len(values)
+    return ReadingBatch(
+        device=device,
+        points=tuple(f"r{i}" for i in range(n)),
+        values=tuple(values),
+        units=("m",) * n,
+        qualities=(Quality.GOOD,) * (n - 1) + (Quality.BAD,),
+        node="n1",
+    )
+
+
+def test_a_poll_batch_becomes_the_same_telemetry_as_its_readings_one_by_one() -> None:
+    poll = batch("a", [5, 6, 7])
+    (msg,) = pack([poll], "n1", batch_max=100, now=0)
+    body = json.loads(msg.body)
+    assert msg.count == 3 and msg.topic == "telemetry/a"
+    one_by_one = [
+        {k: v for k, v in r.to_dict().items() if k not in ("node", "device")}
+        for r in poll.readings()
+    ]
+    assert body["readings"] == one_by_one
+    ids = [r["id"] for r in body["readings"]]
+    assert len(set(ids)) == 3 and ids == sorted(ids)  # unique ULIDs in measurement order
+    assert all(re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", i) for i in ids)
+    assert {r["ts"] for r in body["readings"]} == {body["readings"][0]["ts"]}  # one moment
+    # a batch and single readings of one device share its messages, in arrival order
+    mixed = pack([poll, *readings("a", 2, start=100), batch("a", [9])], "n1", 4, 0)
+    values = [r["value"] for m in mixed for r in json.loads(m.body)["readings"]]
+    assert values == [5, 6, 7, 100, 101, 9]
+    assert [m.count for m in mixed] == [4, 2]
+
+
+def test_a_reading_batch_refuses_ragged_or_oversized_columns() -> None:
+    with pytest.raises(ValueError, match="1 to 1024 points"):
+        ReadingBatch(device="a", points=("x", "y"), values=(1,), units=(None,) * 2,
+                     qualities=(Quality.GOOD,) * 2)  # fmt: skip
+    with pytest.raises(ValueError, match="1 to 1024 points"):
+        ReadingBatch(device="a", points=(), values=(), units=(), qualities=())
+
+
+def test_totals_stay_exact_without_counting_the_file(tmp_path: Path) -> None:
+    """The running totals a commit keeps match what a full count of the file says, through
+    inserts, acknowledgements, evictions, expiry and a rolled-back commit."""
+    s = store(tmp_path, max_bytes=60_000)
+
+    def counted() -> tuple[int, int]:
+        return s.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+
+    for i in range(40):
+        s.commit(pack([batch(f"d{i % 3}", list(range(20)))], "n1", 100, float(i)), ())
+        assert (s.stats.messages, s.stats.bytes) == counted()
+    assert s.stats.evicted["telemetry"] > 0  # the budget was enforced on the way
+    first = s.peek(5, set())
+    s.commit([], [m.seq for m in first])
+    assert (s.stats.messages, s.stats.bytes) == counted()
+
+    class Boom(Exception):
+        pass
+
+    def failing(why: str, counts: dict[str, int]) -> list[Any]:
+        raise Boom
+
+    before = (s.stats.messages, s.stats.bytes)
+    with pytest.raises(Boom):  # the eviction report fails: the whole commit rolls back
+        s.commit(pack([batch("d9", list(range(200)))] * 30, "n1", 100, 50.0), (), reporter=failing)
+    assert (s.stats.messages, s.stats.bytes) == before == counted()
+    s.expire(now=10**9)
+    assert (s.stats.messages, s.stats.bytes) == counted() == (0, 0)
+    s.close()
+
+
+def test_peek_resumes_after_what_it_handed_out(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.commit(pack(readings("a", 5), "n1", 1, 0), ())
+    first = s.peek(2, set())
+    after = {Priority.TELEMETRY: first[-1].seq}
+    rest = s.peek(10, set(), after)
+    assert [m.seq for m in rest] == [m.seq for m in s.peek(10, set())][2:]
+    # an alarm stored later is still sent first, whatever telemetry was handed out
+    alarm = Event(kind="alarm.x", source="a", severity=Severity.CRITICAL)
+    s.commit(pack([alarm], "n1", 1, 0), ())
+    assert s.peek(1, set(), {**after, Priority.ALARM: 0})[0].priority is Priority.ALARM
     s.close()

@@ -45,7 +45,7 @@ def test_builtin_drivers_are_loaded() -> None:
     ("candidate", "reason"),
     [
         (object, "is not a subclass of drivers.api.Driver"),
-        (Future, "written for driver API 3.0, this node offers 2.0"),
+        (Future, "written for driver API 3.0, this node offers 2.1"),
         (WrongTag, "config_model.type must be annotated Literal['wrongtag']"),
     ],
 )

@@ -11,7 +11,7 @@ from drivers.modbus.profile import Table, load_profile
 from firmware_sim.city import ManholeCover, RiverGauge
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 from firmware_sim.pty import PtyPair
-from gateway.kernel.records import Quality
+from gateway.kernel.records import Quality, Reading, ReadingBatch
 from tests.drivers.modbus.conftest import modbus_config, running
 
 
@@ -39,6 +39,21 @@ async def test_reads_every_point_with_types_scaling_and_word_orders() -> None:
     assert units["rain_total"] == "mm"
     assert h.events("river") == ["device.online"]
     assert all(r.quality is Quality.GOOD for r in h.readings("river"))
+
+
+async def test_a_poll_is_one_record_on_the_bus_measured_at_one_moment() -> None:
+    river = SimSlave(unit=3, profile=load_profile("river_level"), sensor=RiverGauge())
+    async with ModbusSimServer([river]) as server:
+        cfg = modbus_config(
+            id="river", profile="river_level", unit=3, connection=tcp(server), poll_interval=0.1
+        )
+        async with running(cfg) as h:
+            await h.wait(lambda: len(h.latest("river")) == 5)
+    first = next(r for r in h.records if isinstance(r, ReadingBatch))
+    assert not any(isinstance(r, Reading) for r in h.records)  # no reading travels alone
+    assert set(first.points) == set(load_profile("river_level").points)  # the whole poll
+    assert len({r.ts for r in first.readings()}) == 1
+    assert len({r.id for r in h.readings("river")}) == len(h.readings("river"))
 
 
 async def test_a_register_the_firmware_lacks_is_isolated_not_the_whole_device() -> None:
