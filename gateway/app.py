@@ -38,6 +38,7 @@ from gateway.devices import DeviceContext, DriverComponent
 from gateway.health import HealthServer
 from gateway.inspection import DefectStore, InspectionService, InspectionSettings
 from gateway.kernel.clock import Clock, SystemClock
+from gateway.load import LoadMonitor, load_metrics
 from gateway.location import LocationService
 from gateway.metrics import (
     MetricSource,
@@ -168,8 +169,18 @@ class Gateway:
         self.add_metrics(functools.partial(node_metrics, cfg.node.id, __version__, self.state))
         self.add_metrics(functools.partial(driver_metrics, self.drivers))
         self.add_metrics(functools.partial(bus_metrics, self.bus))
+        self.load = LoadMonitor(
+            self.bus, lambda: {d: c.driver for d, c in self.drivers.items()}, node=cfg.node.id
+        )
+        self.add_metrics(functools.partial(load_metrics, self.load))
         if cfg.http.enabled:
-            self.http = HealthServer(self.state, self._metric_sources, cfg.http.host, cfg.http.port)
+            self.http = HealthServer(
+                self.state,
+                self._metric_sources,
+                cfg.http.host,
+                cfg.http.port,
+                load=self.load.status,
+            )
             components.append(self.http)
         ttl = cfg.outbox.ttl
         self.outbox = Outbox(
@@ -209,6 +220,7 @@ class Gateway:
             )
             components.append(self.uplink)
             self.add_metrics(functools.partial(uplink_metrics, self.uplink))
+        components.append(self.load)
         if loc.source is not None:
             components.append(self.location)
         components.append(self._build_rules())
@@ -226,6 +238,17 @@ class Gateway:
             self.add_metrics(functools.partial(model_metrics, self.models))
             self.commands.register("models.status", self._cmd_models_status)
             self.commands.register("models.swap", self._cmd_models_swap, needs="models")
+        components.extend(self._build_drivers())
+        if cfg.discovery.enabled:
+            from gateway.discovery import Advertiser  # noqa: PLC0415 - zeroconf only if used
+
+            # last: announcing takes ~1.5 s of multicast probing, which must not delay the
+            # first readings, and a node is announced once it serves what it announces
+            components.append(Advertiser(self._announcement(), cfg.discovery.interfaces))
+        return components
+
+    def _build_drivers(self) -> list[Component]:
+        components: list[Component] = []
         for device in self.config.devices:
             if not device.enabled:
                 logger.info("device %s is disabled in the config", device.id)
@@ -244,12 +267,6 @@ class Gateway:
             component = DriverComponent(driver_cls(device), ctx, stop_timeout=self.stop_timeout)
             self.drivers[device.id] = component
             components.append(component)
-        if cfg.discovery.enabled:
-            from gateway.discovery import Advertiser  # noqa: PLC0415 - zeroconf only if used
-
-            # last: announcing takes ~1.5 s of multicast probing, which must not delay the
-            # first readings, and a node is announced once it serves what it announces
-            components.append(Advertiser(self._announcement(), cfg.discovery.interfaces))
         return components
 
     def _announcement(self) -> Announcement:

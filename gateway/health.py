@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -41,8 +42,10 @@ class HealthServer:
         metrics: Sequence[MetricSource] = (),
         host: str = "127.0.0.1",
         port: int = 9102,
+        load: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.state = state
+        self.load = load  # the overload detail for /readyz
         self.host = host
         self.port = port
         self.registry = CollectorRegistry(auto_describe=False)
@@ -72,6 +75,7 @@ class HealthServer:
                 "components": {c.name: c.state.value for c in states},
                 "not_running": waiting,
                 "failing": failing,
+                **({"overload": self.load()} if self.load is not None else {}),
             },
             status=200 if ready else 503,
         )

@@ -71,6 +71,14 @@ def driver_metrics(drivers: Mapping[str, DriverComponent]) -> Iterator[Metric]:
         "cityneuron_device_readings", "Readings published", labels=["device"]
     )
     polls = CounterMetricFamily("cityneuron_driver_polls", "Polls", labels=["device"])
+    skipped = CounterMetricFamily(
+        "cityneuron_driver_skipped_polls",
+        "Poll slots skipped because the previous poll ran past them (the node is behind)",
+        labels=["device"],
+    )
+    lag = GaugeMetricFamily(
+        "cityneuron_driver_poll_lag_seconds", "How late polls start (smoothed)", labels=["device"]
+    )
     errors = CounterMetricFamily("cityneuron_driver_errors", "Failed polls", labels=["device"])
     malformed = CounterMetricFamily(
         "cityneuron_driver_malformed_answers",
@@ -91,13 +99,16 @@ def driver_metrics(drivers: Mapping[str, DriverComponent]) -> Iterator[Metric]:
         if hasattr(driver, "polls"):
             polls.add_metric([device_id], driver.polls)
             errors.add_metric([device_id], driver.errors)
+        if hasattr(driver, "skipped_polls"):
+            skipped.add_metric([device_id], driver.skipped_polls)
+            lag.add_metric([device_id], driver.poll_lag)
         if hasattr(driver, "malformed"):
             malformed.add_metric([device_id], driver.malformed)
         for reason, n in getattr(driver, "rejected", {}).items():
             rejected.add_metric([device_id, reason], n)
         if callable(stats := getattr(driver, "camera_stats", None)):
             cameras[device_id] = stats()
-    yield from (online, readings, polls, errors, malformed, rejected)
+    yield from (online, readings, polls, errors, skipped, lag, malformed, rejected)
     if cameras:
         for key in next(iter(cameras.values())):
             family = CounterMetricFamily(

@@ -180,6 +180,8 @@ class ModbusDriver(Driver):
         self.online: bool | None = None
         self.polls = 0
         self.errors = 0
+        self.skipped_polls = 0  # slots missed because polls ran late (the node is behind)
+        self.poll_lag = 0.0  # how late polls start, smoothed (s)
         self.malformed = 0  # answers that were well-framed but not what was asked
         self._malformed_since: str | None = None  # the first reason of a streak
         self._retry_at = 0.0
@@ -238,11 +240,16 @@ class ModbusDriver(Driver):
             now = clock.monotonic()
             for group in self.groups:
                 if group.due <= now:
+                    self.poll_lag += 0.2 * (now - group.due - self.poll_lag)
                     await self._poll(ctx, group)
-                    # keep the cadence; skip missed slots instead of bursting to catch up
+                    # keep the cadence; skip missed slots instead of bursting to catch up:
+                    # a device that cannot be served at its rate is polled less often,
+                    # rather than piling up requests that would time out
                     group.due += group.interval
-                    if group.due <= clock.monotonic():
-                        group.due = clock.monotonic() + group.interval
+                    after = clock.monotonic()
+                    if group.due <= after:
+                        self.skipped_polls += int((after - group.due) // group.interval) + 1
+                        group.due = after + group.interval
             next_due = min(g.due for g in self.groups)
             if self.online is False:
                 next_due = max(next_due, self._retry_at)

@@ -70,7 +70,7 @@ async def test_disabled_device_does_not_run() -> None:
     gw = Gateway(node(CounterConfig(type="counter", id="c1", enabled=False)), registry=registry())
     assert gw.drivers == {}
     # the LAN announcement starts last: its probing must not delay the devices
-    assert [c.name for c in gw.components] == ["http", "outbox", "rules", "discovery"]
+    assert [c.name for c in gw.components] == ["http", "outbox", "load", "rules", "discovery"]
     enabled = Gateway(node(CounterConfig(type="counter", id="c1")), registry=registry())
     assert [c.name for c in enabled.components][-2:] == ["driver[c1]", "discovery"]
 
@@ -106,7 +106,7 @@ async def test_a_flaky_component_recovers_and_the_others_keep_running() -> None:
         tg.create_task(gw.run(handle_signals=False), name="gateway")
         await asyncio.wait_for(gw.ready.wait(), 5)
         assert flaky.runs == 3
-        assert [s.restarts for s in gw.supervisors] == [0, 0, 0, 0, 0, 2]
+        assert [s.restarts for s in gw.supervisors] == [0, 0, 0, 0, 0, 0, 2]
         gw.request_stop()
     assert journal == ["start outbox", "start uplink", "stop uplink", "stop outbox"]
 
