@@ -139,11 +139,11 @@ async def run_subscriber(args: argparse.Namespace) -> None:
     running total every 0.25 s."""
     import aiomqtt  # noqa: PLC0415
 
-    total = 0
+    total = old = 0
 
     async def report() -> None:
         while True:
-            sys.stdout.write(f"{time.monotonic():.3f} {total}\n")
+            sys.stdout.write(f"{time.monotonic():.3f} {total} {old}\n")
             sys.stdout.flush()
             await asyncio.sleep(0.25)
 
@@ -153,7 +153,11 @@ async def run_subscriber(args: argparse.Namespace) -> None:
             tg.create_task(report(), name="subscriber.report")
             async for message in c.messages:
                 body = json.loads(message.payload)
-                total += len(body.get("readings") or body.get("values") or ())
+                n = len(body.get("readings") or body.get("values") or ())
+                if body.get("device") == "backlog":
+                    old += n  # stored before the node started: the drain
+                else:
+                    total += n
 
 
 def node_config(work: Path, broker: int, ports: Sequence[int], period: float) -> Path:
@@ -218,12 +222,19 @@ class Counter:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.total = 0
+        self.backlog = 0  # readings of the stored backlog delivered
+        self.backlog_done = 0.0  # when the last of it arrived (monotonic)
         self.task: asyncio.Task[None] | None = None
 
-    async def follow(self) -> None:
+    async def follow(self, backlog: int = 0) -> None:
         assert self.proc.stdout is not None
         async for line in self.proc.stdout:
-            self.total = int(line.split()[1])
+            _, total, old = line.split()
+            self.total = int(total)
+            if int(old) != self.backlog:
+                self.backlog = int(old)
+                if backlog and self.backlog >= backlog and not self.backlog_done:
+                    self.backlog_done = time.monotonic()
 
 
 async def spawn(*argv: str, stdout: int | None = None) -> asyncio.subprocess.Process:
@@ -253,12 +264,17 @@ async def measure(
         stdout=subprocess.PIPE,
     )  # fmt: skip
     counter = Counter(sub)
-    follower = asyncio.create_task(counter.follow(), name="bench.follow")
+    follower = asyncio.create_task(
+        counter.follow(args.backlog if system == "node" else 0), name="bench.follow"
+    )
     await asyncio.sleep(1.0)  # subscribed before the first message
     ports_arg = [str(p) for p in ports]
     if system == "node":
         shutil_rmtree(work / "data")
+        if args.backlog:
+            await asyncio.to_thread(fill_backlog, work / "data" / "outbox.db", args.backlog)
         cfg = node_config(work, broker, ports, args.period)
+        started = time.monotonic()
         proc = await spawn(str(ROOT / ".venv" / "bin" / "cityneuron"), "run", "--config", str(cfg))
     else:
         proc = await spawn(
@@ -266,6 +282,8 @@ async def measure(
             "--points", str(args.points), "--period", str(args.period), "--ports", *ports_arg,
         )  # fmt: skip
     spy: asyncio.subprocess.Process | None = None
+    if system != "node":
+        cfg = work / "none.yaml"
     try:
         await asyncio.sleep(args.warmup)
         if proc.returncode is not None:
@@ -282,6 +300,7 @@ async def measure(
             await asyncio.sleep(1.0)
             rss.append(rss_mb(proc.pid))
         c1, n1, t1 = cpu_seconds(proc.pid), counter.total, time.monotonic()
+        health = await node_health(cfg) if system == "node" else {}
     finally:
         err = await stop(proc)
         if spy is not None:
@@ -293,6 +312,23 @@ async def measure(
         print(f"node stderr:\n{err}", file=sys.stderr)
     expected = len(ports) * args.points / args.period * (t1 - t0)
     wall = t1 - t0
+    if system == "node" and args.backlog:
+        if counter.backlog_done:
+            took = counter.backlog_done - started
+            print(
+                f"backlog: {args.backlog:,} readings drained in {took:.1f} s from the node's "
+                f"start = {args.backlog / took:,.0f} readings/s"
+            )
+        else:
+            print(f"backlog: only {counter.backlog:,} of {args.backlog:,} delivered in the run")
+    if health:
+        print(
+            "node: polls skipped "
+            f"{health.get('cityneuron_driver_skipped_polls_total', 0):.0f}, bus drops "
+            f"{health.get('cityneuron_bus_dropped_total', 0):.0f}, outbox evicted "
+            f"{health.get('cityneuron_outbox_evicted_total', 0):.0f}, loop lag "
+            f"{health.get('cityneuron_event_loop_lag_seconds', 0) * 1000:.0f} ms"
+        )
     return Result(
         system,
         expected,
@@ -301,6 +337,47 @@ async def measure(
         statistics.median(rss),
         (c1[1] - c0[1]) / wall * 100,
     )
+
+
+def fill_backlog(db: Path, readings: int) -> None:
+    """An outbox holding `readings` readings of device "backlog" (messages of 100), as a
+    node leaves it after an outage."""
+    from gateway.kernel.records import Quality, ReadingBatch  # noqa: PLC0415
+    from gateway.outbox import OutboxStore, pack  # noqa: PLC0415
+
+    store = OutboxStore(db, max_bytes=4 * 2**30, fsync="normal")
+    try:
+        per_commit = 100_000
+        for start in range(0, readings, per_commit):
+            batches = [
+                ReadingBatch(
+                    device="backlog",
+                    points=tuple(f"r{i:03d}" for i in range(50)),
+                    values=tuple(range(j, j + 50)),
+                    units=(None,) * 50,
+                    qualities=(Quality.GOOD,) * 50,
+                    node=NODE,
+                )
+                for j in range(start, min(readings, start + per_commit), 50)
+            ]
+            store.commit(pack(batches, NODE, 100, time.time()), ())
+    finally:
+        store.close()
+
+
+async def node_health(cfg: Path) -> dict[str, float]:
+    """Sums of a few of the node's metrics (over their labels)."""
+    import aiohttp  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    text = await asyncio.to_thread(cfg.read_text)
+    port = int(text.split("http: {enabled: true, port: ")[1].split("}")[0])
+    out: dict[str, float] = {}
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        for family in text_string_to_metric_families(await r.text()):
+            for sample in family.samples:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 def per_reading(result: Result, seconds: float) -> float:
@@ -320,7 +397,10 @@ async def bench(args: argparse.Namespace) -> None:
         work = Path(tmp)
         (work / "load.yaml").write_text(profile_text(args.points), encoding="utf-8")
         broker = st.enter_context(MosquittoBroker(workdir=work))
-        ports = [free_port() for _ in range(args.devices)]
+        ports: list[int] = []
+        while len(ports) < args.devices:  # distinct, even if the OS hands one out twice
+            if (port := free_port()) not in ports:
+                ports.append(port)
         sim = await spawn(
             sys.executable, ME, "--role", "sim", "--profile-file", str(work / "load.yaml"),
             "--period", str(args.period), "--ports", *map(str, ports), stdout=subprocess.PIPE,
@@ -330,7 +410,8 @@ async def bench(args: argparse.Namespace) -> None:
             await asyncio.wait_for(sim.stdout.readline(), 60)
             for port in ports:
                 if not wait_for_port("127.0.0.1", port, 10):
-                    raise SystemExit(f"simulator port {port} did not open")
+                    err = await stop(sim)
+                    raise SystemExit(f"simulator port {port} did not open: {err}")
             print(
                 f"{args.devices} devices x {args.points} registers every "
                 f"{args.period * 1000:g} ms = {args.devices * args.points / args.period:,.0f} "
@@ -368,6 +449,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", default="poller,node")
     parser.add_argument("--profile", help="py-spy raw output of the node for the window")
+    parser.add_argument(
+        "--backlog", type=int, default=0,
+        help="start the node with this many readings already in its outbox (an outage's)",
+    )  # fmt: skip
     parser.add_argument("--ports", type=int, nargs="*", default=[])
     parser.add_argument("--broker", type=int, default=0)
     parser.add_argument("--topic", default="")

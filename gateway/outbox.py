@@ -33,7 +33,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROW_OVERHEAD = 96  # bytes of index and row header counted per message against the budget
+READ_AHEAD = 64  # messages read from the file per trip to its thread, at least
 REPORT_RESERVE = 2048  # room kept for the outbox.dropped event that reports an eviction
 SCHEMA_VERSION = 2  # 2: raw (binary) messages such as snapshots
 
@@ -520,6 +521,7 @@ class Outbox:
         self._inflight: set[int] = set()
         # per class, the highest seq handed to the uplink (where the next peek starts)
         self._handed: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._ahead: deque[Message] = deque()  # read from the file, not yet handed out
         self._ack_wake = Wake()
 
     @property
@@ -607,6 +609,7 @@ class Outbox:
             self.available.clear()
             self._inflight.clear()
             self._handed = dict.fromkeys(Priority, 0)
+            self._ahead.clear()
             logger.info("outbox closed")
 
     async def _commit(self, records: Sequence[Record]) -> None:
@@ -630,7 +633,7 @@ class Outbox:
                     store.commit,
                     pending,
                     acked,
-                    protect=frozenset(self._inflight),
+                    protect=frozenset(self._inflight) | {m.seq for m in self._ahead},
                     reporter=self._report_dropped,
                 )
             )
@@ -640,6 +643,8 @@ class Outbox:
             raise
         finally:
             self._deleting = set()
+        if self._ahead and any(p.priority < self._ahead[-1].priority for p in pending):
+            self._rewind()  # something more urgent came in: it goes before what was read
         if pending or store.stats.messages:
             self.available.set()
         self.committed.set()
@@ -675,20 +680,31 @@ class Outbox:
         in flight. Call `ack` or `release` for each."""
         while True:
             if self.store is not None and self._executor is not None:
-                self.available.clear()
-                exclude = self._inflight | self._acked | self._deleting
-                after = dict(self._handed)
-                msgs: list[Message] = await self._call(self.store.peek, limit, exclude, after)
-                # acks may have arrived while the thread worked
-                msgs = [
-                    m for m in msgs if m.seq not in self._inflight | self._acked | self._deleting
-                ]
-                if msgs:
-                    self._inflight.update(m.seq for m in msgs)
-                    for m in msgs:
+                if not self._ahead:
+                    self.available.clear()
+                    exclude = self._inflight | self._acked | self._deleting
+                    after = dict(self._handed)
+                    # read ahead: one trip to the outbox's thread serves many calls (a
+                    # slot freed by one PUBACK asks for one message)
+                    fetched: list[Message] = await self._call(
+                        self.store.peek, max(limit, READ_AHEAD), exclude, after
+                    )
+                    # acks may have arrived while the thread worked
+                    gone = self._inflight | self._acked | self._deleting
+                    self._ahead.extend(m for m in fetched if m.seq not in gone)
+                    for m in fetched:
                         self._handed[m.priority] = max(self._handed[m.priority], m.seq)
+                if self._ahead:
+                    msgs = [self._ahead.popleft() for _ in range(min(limit, len(self._ahead)))]
+                    self._inflight.update(m.seq for m in msgs)
                     return msgs
             await self.available.wait()
+
+    def _rewind(self) -> None:
+        """Forget what was read ahead (it is read again, after anything more urgent)."""
+        for m in self._ahead:
+            self._handed[m.priority] = min(self._handed[m.priority], m.seq - 1)
+        self._ahead.clear()
 
     def ack(self, msg: Message) -> None:
         """The broker acknowledged `msg`: delete it with the next commit."""
@@ -700,6 +716,7 @@ class Outbox:
 
     def release(self, msgs: Iterable[Message]) -> None:
         """`msgs` were not acknowledged (connection lost): send them again later."""
+        self._rewind()  # what was read ahead goes after these, as before
         for msg in msgs:
             self._inflight.discard(msg.seq)
             # read this class again from before it

@@ -177,6 +177,35 @@ async def test_released_messages_are_offered_again_in_order(tmp_path: Path) -> N
         task.cancel()
 
 
+async def test_what_was_read_ahead_waits_for_an_alarm_and_for_a_resend(tmp_path: Path) -> None:
+    """The outbox reads messages ahead of the uplink's requests; an alarm stored meanwhile
+    still goes first, and a released message still goes before those read after it."""
+    bus = Bus()
+    outbox = Outbox(tmp_path / "o.db", node="n1", bus=bus, commit_interval=0.01, batch_max=1)
+    ready = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(outbox.run(ready.set), name="outbox")
+        await asyncio.wait_for(ready.wait(), 5)
+        for reading in readings("a", 10):
+            await bus.publish(reading)
+        while outbox.stats.messages < 10:
+            await asyncio.wait_for(outbox.committed.wait(), 5)
+        (t1,) = await outbox.next_messages(1)  # and nine more read ahead
+        await bus.publish(Event(kind="alarm.x", source="a", severity=Severity.CRITICAL))
+        while outbox.stats.messages < 11:
+            await asyncio.wait_for(outbox.committed.wait(), 5)
+        (alarm,) = await outbox.next_messages(1)
+        assert alarm.priority is Priority.ALARM
+        (t2,) = await outbox.next_messages(1)
+        assert t2.seq > t1.seq and t2.priority is Priority.TELEMETRY
+        outbox.release([t1])  # the link dropped before t1's PUBACK
+        again = await outbox.next_messages(3)
+        assert [m.seq for m in again][:1] == [t1.seq]
+        values = [json.loads(m.body)["readings"][0]["value"] for m in again]
+        assert values == sorted(values)  # per device in measurement order
+        task.cancel()
+
+
 def test_eviction_report_is_stored_with_the_eviction_and_is_exact(tmp_path: Path) -> None:
     s = store(tmp_path, max_bytes=30_000)
     reports: list[dict[str, int]] = []
