@@ -17,7 +17,10 @@ Two systems, interleaved round by round on the same simulator and broker:
 After the warm-up, for `--seconds`: readings delivered at the subscriber against N x P / T
 (delivered %), the process's CPU from /proc (% of one core) and its RSS (median), and the
 node's CPU relative to the poller's in the same round. ``--profile out.txt`` runs the
-node under py-spy (``py-spy record --format raw``) for the measured window.
+node under py-spy (``py-spy record --format raw``) for the measured window;
+``MODBUS_LOAD_TRACEMALLOC=/tmp/tm.txt`` under tracemalloc (its allocations by file, half
+way through the window). ``--backlog N`` starts the node with N readings already in its
+outbox, as an outage leaves them, and reports how fast they drain while it polls.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from firmware_sim.broker import MosquittoBroker, free_port, wait_for_port
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NODE = "load-1"
+TRACEMALLOC = os.environ.get("MODBUS_LOAD_TRACEMALLOC", "")  # where to write, if set
 
 
 # --- the parts, each run as `python bench/modbus_load.py --role ...` ----------------------
@@ -275,7 +279,13 @@ async def measure(
             await asyncio.to_thread(fill_backlog, work / "data" / "outbox.db", args.backlog)
         cfg = node_config(work, broker, ports, args.period)
         started = time.monotonic()
-        proc = await spawn(str(ROOT / ".venv" / "bin" / "cityneuron"), "run", "--config", str(cfg))
+        launch = [str(ROOT / ".venv" / "bin" / "cityneuron")]
+        if TRACEMALLOC:  # the node's Python allocations by file, written after the warm-up
+            from footprint import TRACED_NODE  # noqa: PLC0415
+
+            launch = [sys.executable, "-X", "tracemalloc=1", "-c", TRACED_NODE, TRACEMALLOC,
+                      str(args.warmup + args.seconds / 2)]  # fmt: skip
+        proc = await spawn(*launch, "run", "--config", str(cfg))
     else:
         proc = await spawn(
             sys.executable, ME, "--role", "poller", "--broker", str(broker),

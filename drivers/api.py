@@ -76,7 +76,7 @@ __all__ = [
     "raise_if_cancelling",
 ]
 
-API_VERSION = "2.1"  # 2.1: publish_values (a poll in one record); 2.0: drivers.api is the whole SDK
+API_VERSION = "2.1"  # 2.1: publish_values, pace; 2.0: drivers.api is the whole SDK
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -151,6 +151,13 @@ class DriverContext(Protocol):
     @property
     def clock(self) -> Clock:
         """Wall-clock, monotonic time and sleep; replaceable in tests."""
+        ...
+
+    @property
+    def pace(self) -> float:
+        """How much longer than configured a polling driver should wait between polls
+        (1.0 normally; more when the node cannot keep up, so that it serves every device
+        a little less often instead of failing some). Since API 2.1."""
         ...
 
     def reading(

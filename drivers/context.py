@@ -53,6 +53,10 @@ class ContextBase(DriverContext):
     def clock(self) -> Clock:
         return self._clock
 
+    @property
+    def pace(self) -> float:
+        return 1.0
+
     def reading(
         self,
         point: str,

@@ -263,6 +263,7 @@ class Gateway:
                 driver_type=device.type,
                 models=self.models,
                 snapshots=self.snapshots,
+                pace=self.load.current_pace,
             )
             component = DriverComponent(driver_cls(device), ctx, stop_timeout=self.stop_timeout)
             self.drivers[device.id] = component

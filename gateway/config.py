@@ -108,7 +108,11 @@ class MqttSection(Section):
         default="cityneuron/v1", description="Prefix of every topic the node uses."
     )
     max_inflight: int = Field(
-        default=8, ge=1, le=10, description="QoS 1 publishes awaiting PUBACK at once."
+        default=32,
+        ge=1,
+        le=200,
+        description="QoS 1 publishes awaiting PUBACK at once; on a busy node the round "
+        "trip grows, and this window is what keeps delivery up.",
     )
     reconnect_max: Duration = Field(
         default=60.0, ge=0.1, le=3600, description="Longest wait between reconnect attempts."

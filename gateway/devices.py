@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ class DeviceContext(ContextBase):
         driver_type: str,
         models: Inference | None = None,
         snapshots: SnapshotStore | None = None,
+        pace: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(
             node_id=node_id,
@@ -54,6 +55,11 @@ class DeviceContext(ContextBase):
         self.detections = 0
         self._models = models
         self._snapshots = snapshots
+        self._pace = pace
+
+    @property
+    def pace(self) -> float:
+        return self._pace() if self._pace is not None else 1.0
 
     async def publish(self, reading: Reading) -> None:
         if self.failed and self._after_failure is None:

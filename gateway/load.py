@@ -6,6 +6,11 @@ device, the polls that started late and the ones skipped because their slot had 
 passed (a driver that cannot keep its rate polls less often, at the same cadence for
 every device on a saturated loop, instead of queueing work that times out).
 
+While the loop lags, the node stretches every polling driver's interval by a common
+factor, `pace` (up to 20x), and eases it back once the loop is quick again: it then
+reads what it can deliver, all devices alike, rather than reading more than it can send
+and starving the uplink's round trips (delivery would collapse, not level off).
+
 When devices fall behind, or the loop lags, the node says so once: a ``node.overload``
 event naming the late devices and by how much, the same on ``/readyz`` (``overload``),
 and ``node.overload_cleared`` once it keeps up again for a while. It stays ready: an
@@ -30,6 +35,9 @@ from gateway.kernel.records import Event, Severity
 logger = logging.getLogger(__name__)
 
 TICK = 0.25  # s between two loop-lag probes
+ADJUST = 1.0  # s between two changes of the pace
+PACE_LAG = 0.05  # s of smoothed loop lag above which polling slows down
+MAX_PACE = 20.0  # polls at most this many times further apart than configured
 CHECK = 5.0  # s between two looks at the devices
 LOOP_LAG_LIMIT = 0.25  # s of smoothed loop lag that counts as overload
 CALM = 30.0  # s without lateness before the overload is declared over
@@ -66,6 +74,7 @@ class LoadMonitor:
         node: str,
         tick: float = TICK,
         check: float = CHECK,
+        adjust: float = ADJUST,
         calm: float = CALM,
         loop_lag_limit: float = LOOP_LAG_LIMIT,
     ) -> None:
@@ -74,8 +83,11 @@ class LoadMonitor:
         self.node = node
         self.tick = tick
         self.check = check
+        self.adjust = adjust
         self.calm = calm
         self.loop_lag_limit = loop_lag_limit
+        self.pace = 1.0  # what polling drivers multiply their intervals by
+        self.pace_lag = PACE_LAG
         self.loop_lag = 0.0  # smoothed (EWMA), seconds
         self.loop_lag_max = 0.0  # the largest since the last look
         self.overloaded = False
@@ -89,6 +101,7 @@ class LoadMonitor:
         loop = asyncio.get_running_loop()
         ready()
         next_check = loop.time() + self.check
+        next_adjust = loop.time() + self.adjust
         window_max = 0.0
         while True:
             before = loop.time()
@@ -96,10 +109,25 @@ class LoadMonitor:
             lag = max(0.0, loop.time() - before - self.tick)
             self.loop_lag += 0.2 * (lag - self.loop_lag)
             window_max = max(window_max, lag)
+            if loop.time() >= next_adjust:
+                next_adjust = loop.time() + self.adjust
+                self._adjust()
             if loop.time() >= next_check:
                 self.loop_lag_max, window_max = window_max, 0.0
                 next_check = loop.time() + self.check
                 await self._look(time.monotonic())
+
+    def current_pace(self) -> float:
+        return self.pace
+
+    def _adjust(self) -> None:
+        """Slow every polling driver down while the loop lags, speed up when it does not:
+        the node then reads what it can deliver, every device a little less often, and
+        its uplink keeps the round trips that carry the data out."""
+        if self.loop_lag > self.pace_lag:
+            self.pace = min(MAX_PACE, self.pace * 1.25)
+        elif self.loop_lag < self.pace_lag / 2 and self.pace > 1.0:
+            self.pace = max(1.0, self.pace / 1.1)
 
     async def _look(self, now: float) -> None:
         late = []
@@ -113,7 +141,7 @@ class LoadMonitor:
                 late.append(Late(device, float(getattr(driver, "poll_lag", 0.0)), new))
         late.sort(key=lambda x: (-x.lag_s, x.device))
         self.late = late
-        behind = bool(late) or self.loop_lag > self.loop_lag_limit
+        behind = bool(late) or self.loop_lag > self.loop_lag_limit or self.pace > 1.0
         if behind:
             self._calm_since = None
             if not self.overloaded:
@@ -159,6 +187,7 @@ class LoadMonitor:
             "overloaded": self.overloaded,
             "loop_lag_ms": round(self.loop_lag * 1000, 1),
             "loop_lag_max_ms": round(self.loop_lag_max * 1000, 1),
+            "pace": round(self.pace, 2),
             "late_devices": len(self.late),
             "late": [x.to_dict() for x in self.late[:MAX_LISTED]],
         }
@@ -177,6 +206,11 @@ def load_metrics(monitor: LoadMonitor) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "cityneuron_overloaded", "1 while devices fall behind", value=float(monitor.overloaded)
+    )
+    yield GaugeMetricFamily(
+        "cityneuron_poll_pace",
+        "Factor on every poll interval (1: as configured; more: the node slows polling)",
+        value=monitor.pace,
     )
     yield CounterMetricFamily(
         "cityneuron_overload_episodes", "Times the node fell behind", value=monitor.episodes

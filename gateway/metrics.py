@@ -132,6 +132,11 @@ def outbox_metrics(outbox: Outbox) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "cityneuron_outbox_sent", "Messages acknowledged by the broker", value=stats.sent
     )
+    yield CounterMetricFamily(
+        "cityneuron_outbox_delivered",
+        "Records in messages acknowledged by the broker",
+        value=stats.delivered,
+    )
     for name, counts in (("evicted", stats.evicted), ("expired", stats.expired)):
         family = CounterMetricFamily(
             f"cityneuron_outbox_{name}", f"Records {name}", labels=["class"]

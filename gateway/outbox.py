@@ -113,6 +113,7 @@ class OutboxStats:
     bytes: int = 0
     accepted: int = 0  # records committed
     sent: int = 0  # messages acknowledged by the broker
+    delivered: int = 0  # records in them
     evicted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     expired: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     by_priority: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -713,6 +714,7 @@ class Outbox:
         self._ack_wake.set()
         if self.store is not None:
             self.store.stats.sent += 1
+            self.store.stats.delivered += msg.count
 
     def release(self, msgs: Iterable[Message]) -> None:
         """`msgs` were not acknowledged (connection lost): send them again later."""

@@ -164,7 +164,7 @@ class Uplink:
     def _client(self, tls: ssl.SSLContext | None) -> aiomqtt.Client:
         cfg = self.config
         password = cfg.password.get_secret_value() if cfg.password else None
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.effective_port,
             identifier=cfg.client_id or self.node,
@@ -180,6 +180,10 @@ class Uplink:
             timeout=max(10.0, cfg.keepalive),
             properties=self._connect_properties(),
         )
+        # the window is bounded here (max_inflight, the send loop's semaphore); replies,
+        # status and the busy answers of the command intake come on top of it
+        client.pending_calls_threshold = cfg.max_inflight + MAX_PENDING + 8
+        return client
 
     def _connect_properties(self) -> Properties | None:
         if not self.v5:

@@ -245,11 +245,12 @@ class ModbusDriver(Driver):
                     # keep the cadence; skip missed slots instead of bursting to catch up:
                     # a device that cannot be served at its rate is polled less often,
                     # rather than piling up requests that would time out
-                    group.due += group.interval
+                    interval = group.interval * ctx.pace  # longer while the node is behind
+                    group.due += interval
                     after = clock.monotonic()
                     if group.due <= after:
-                        self.skipped_polls += int((after - group.due) // group.interval) + 1
-                        group.due = after + group.interval
+                        self.skipped_polls += int((after - group.due) // interval) + 1
+                        group.due = after + interval
             next_due = min(g.due for g in self.groups)
             if self.online is False:
                 next_due = max(next_due, self._retry_at)

@@ -104,7 +104,9 @@ def gw_events(sub: object) -> list[Event]:
 
 async def test_a_blocked_event_loop_is_measured_and_reported() -> None:
     bus = Bus()
-    monitor = LoadMonitor(bus, dict, node="n1", tick=0.02, check=0.3, loop_lag_limit=0.05)
+    monitor = LoadMonitor(
+        bus, dict, node="n1", tick=0.02, check=0.3, adjust=0.1, calm=0.3, loop_lag_limit=0.05
+    )
     with bus.subscribe("test", maxsize=100) as sub:
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(monitor.run(lambda: None), name="test.load")
@@ -114,8 +116,13 @@ async def test_a_blocked_event_loop_is_measured_and_reported() -> None:
                 time.sleep(0.15)  # noqa: ASYNC251 - exactly what is measured here
                 await asyncio.sleep(0)
             event = await asyncio.wait_for(sub.get(), 5)
+            slowed = monitor.pace
+            cleared = await asyncio.wait_for(sub.get(), 10)  # the loop is quick again
             task.cancel()
+    assert slowed > 1.0  # polling drivers were asked to wait longer
+    assert isinstance(cleared, Event) and cleared.kind == "node.overload_cleared"
+    assert monitor.pace == 1.0  # and back to their configured rate
     assert quiet < 0.05
     assert isinstance(event, Event) and event.kind == "node.overload"
     assert event.data["loop_lag_ms"] > 50 and event.data["late_devices"] == 0
-    assert monitor.loop_lag_max >= 0.1
+    assert event.data["loop_lag_max_ms"] >= 100
