@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -99,12 +99,14 @@ class Subscription:
         policy: DropPolicy,
         kinds: tuple[type, ...] | None,
         max_wait: float,
+        accept: Callable[[Record], bool] | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"subscription {name!r}: maxsize must be >= 1, got {maxsize}")
         self.name = name
         self.policy = policy
         self.kinds = kinds
+        self.accept = accept
         self.max_wait = max_wait
         self.maxsize = maxsize
         self._bus = bus
@@ -116,7 +118,9 @@ class Subscription:
         self._streak = 0  # drops since the queue last had room
 
     def wants(self, record: Record) -> bool:
-        return self.kinds is None or isinstance(record, self.kinds)
+        if self.kinds is not None and not isinstance(record, self.kinds):
+            return False
+        return self.accept is None or self.accept(record)
 
     @property
     def depth(self) -> int:
@@ -300,8 +304,13 @@ class Bus:
         policy: DropPolicy = DropPolicy.DROP_OLDEST,
         kinds: Iterable[type] | None = None,
         max_wait: float = 5.0,
+        accept: Callable[[Record], bool] | None = None,
     ) -> Subscription:
-        """A new subscription; use it as a context manager or `close()` it."""
+        """A new subscription; use it as a context manager or `close()` it.
+
+        `accept`, if given, is asked (synchronously, in the publisher's call) whether a
+        record of the wanted kinds is queued at all: a consumer that needs only a glance
+        at most records takes it there, and is woken only for the rest."""
         sub = Subscription(
             self,
             name,
@@ -309,6 +318,7 @@ class Bus:
             policy=policy,
             kinds=tuple(kinds) if kinds is not None else None,
             max_wait=max_wait,
+            accept=accept,
         )
         self._subs.append(sub)
         return sub

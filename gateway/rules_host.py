@@ -44,6 +44,9 @@ class RuleHost:
             policy=DropPolicy.BACKPRESSURE,
             max_wait=1.0,
             kinds=(Reading, ReadingBatch, Detection),
+            # the polls of devices no rule reads only update the engine's values: done as
+            # they are published, without waking this task for each
+            accept=self._needs_evaluation,
         )
         engine = self.engine
         try:
@@ -68,6 +71,9 @@ class RuleHost:
                         )
         finally:
             sub.close()
+
+    def _needs_evaluation(self, record: object) -> bool:
+        return not (isinstance(record, ReadingBatch) and self.engine.note(record))
 
     async def _next(self, sub: Subscription) -> Reading | ReadingBatch | Detection | None:
         """The next record, or None when a timer is due or the bundle changed."""

@@ -186,6 +186,19 @@ class RuleEngine:
             if rule.id not in self.disabled:
                 self._evaluate(rule, reading.device, now, extra=None)
 
+    def note(self, batch: ReadingBatch) -> bool:
+        """Take in the values of a poll no rule is triggered by, and say so (True); False
+        when some rule reads this device: then hand the batch to `on_batch`."""
+        device = batch.device
+        mine = self._device_rules.get(device)
+        if mine is None:
+            self._rules_for(device, batch.points[0])  # finds the device's rules
+            mine = self._device_rules[device]
+        if mine:
+            return False
+        self.values.setdefault(device, {}).update(zip(batch.points, batch.values, strict=True))
+        return True
+
     def on_batch(self, batch: ReadingBatch, now: float | None = None) -> None:
         """Take one poll's readings into account: the device's values first (all measured
         at once), then the rules each reading triggers, in the batch's order."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
-from gateway.kernel.records import Detection, Event, Reading, Severity
+from gateway.bus import Bus
+from gateway.kernel.records import Detection, Event, Quality, Reading, ReadingBatch, Severity
+from gateway.rules_host import RuleHost
 from rules.bundle import parse_bundle
 from rules.compiler import compile_bundle
 from rules.engine import RuleEngine
@@ -324,3 +327,31 @@ def test_published_bundle_schema_is_current_and_accepts_the_example() -> None:
     Draft202012Validator.check_schema(schema)
     example = yaml.safe_load((root / "rules" / "examples" / "city.yaml").read_text())
     assert list(Draft202012Validator(schema).iter_errors(example)) == []
+
+
+async def test_a_poll_no_rule_reads_is_taken_in_without_waking_the_rule_host() -> None:
+    """Through the node's rule host on a real bus: a poll of a device no rule reads only
+    updates the values (in the publisher's call, never queued); a poll of a device a rule
+    reads is evaluated, all its points measured together."""
+
+    def poll(device: str, lid: bool, tilt: float) -> ReadingBatch:
+        return ReadingBatch(device=device, points=("lid_open", "tilt"), values=(lid, tilt),
+                            units=(None, "deg"), qualities=(Quality.GOOD,) * 2)  # fmt: skip
+
+    e = engine(MANHOLE)
+    bus = Bus()
+    host = RuleHost(e, bus)
+    with bus.subscribe("events", maxsize=100, kinds=(Event,)) as events:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(host.run(lambda: None), name="test.rules")
+            await asyncio.sleep(0.01)
+            (rules_sub,) = [s for s in bus._subs if s.name == "rules"]
+            await bus.publish(poll("pump-1", lid=True, tilt=3.0))
+            assert rules_sub.depth == 0 and rules_sub.delivered == 0  # not queued at all
+            assert e.values["pump-1"] == {"lid_open": True, "tilt": 3.0}
+            await bus.publish(poll("manhole-1", lid=True, tilt=4.5))
+            alarm = await asyncio.wait_for(events.get(), 5)
+            task.cancel()
+    assert rules_sub.delivered == 1
+    assert isinstance(alarm, Event) and alarm.kind == "alarm.manhole_open"
+    assert alarm.message == "lid of manhole-1 open, tilt 4.5"  # both points of the poll
