@@ -19,7 +19,8 @@ After the warm-up, for `--seconds`: readings delivered at the subscriber against
 node's CPU relative to the poller's in the same round. ``--profile out.txt`` runs the
 node under py-spy (``py-spy record --format raw``) for the measured window;
 ``MODBUS_LOAD_TRACEMALLOC=/tmp/tm.txt`` under tracemalloc (its allocations by file, half
-way through the window). ``--backlog N`` starts the node with N readings already in its
+way through the window); ``MODBUS_LOAD_CPROFILE=/tmp/node.prof`` under cProfile.
+``--backlog N`` starts the node with N readings already in its
 outbox, as an outage leaves them, and reports how fast they drain while it polls.
 """
 
@@ -50,6 +51,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NODE = "load-1"
 TRACEMALLOC = os.environ.get("MODBUS_LOAD_TRACEMALLOC", "")  # where to write, if set
+CPROFILE = os.environ.get("MODBUS_LOAD_CPROFILE", "")  # cProfile output of the node, if set
 
 
 # --- the parts, each run as `python bench/modbus_load.py --role ...` ----------------------
@@ -164,7 +166,9 @@ async def run_subscriber(args: argparse.Namespace) -> None:
                     total += n
 
 
-def node_config(work: Path, broker: int, ports: Sequence[int], period: float) -> Path:
+def node_config(
+    work: Path, broker: int, ports: Sequence[int], period: float, inflight: int = 0
+) -> Path:
     devices = "".join(
         f"""  - type: modbus
     id: dev-{i}
@@ -186,6 +190,7 @@ mqtt:
   host: 127.0.0.1
   port: {broker}
   tls: {{enabled: false}}
+{f"  max_inflight: {inflight}" if inflight else ""}
 devices:
 {devices}"""
     path = work / "node.yaml"
@@ -277,7 +282,7 @@ async def measure(
         shutil_rmtree(work / "data")
         if args.backlog:
             await asyncio.to_thread(fill_backlog, work / "data" / "outbox.db", args.backlog)
-        cfg = node_config(work, broker, ports, args.period)
+        cfg = node_config(work, broker, ports, args.period, args.inflight)
         started = time.monotonic()
         launch = [str(ROOT / ".venv" / "bin" / "cityneuron")]
         if TRACEMALLOC:  # the node's Python allocations by file, written after the warm-up
@@ -285,6 +290,8 @@ async def measure(
 
             launch = [sys.executable, "-X", "tracemalloc=1", "-c", TRACED_NODE, TRACEMALLOC,
                       str(args.warmup + args.seconds / 2)]  # fmt: skip
+        elif CPROFILE:
+            launch = [sys.executable, "-m", "cProfile", "-o", CPROFILE, *launch]
         proc = await spawn(*launch, "run", "--config", str(cfg))
     else:
         proc = await spawn(
@@ -459,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", default="poller,node")
     parser.add_argument("--profile", help="py-spy raw output of the node for the window")
+    parser.add_argument("--inflight", type=int, default=0, help="the node's mqtt.max_inflight")
     parser.add_argument(
         "--backlog", type=int, default=0,
         help="start the node with this many readings already in its outbox (an outage's)",

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 OFFLINE_BACKOFF_MAX = 60.0
 BAD_POINT_RETRY = 300.0
+_GOOD = Quality.GOOD
 
 
 class _Model(BaseModel):
@@ -156,6 +157,7 @@ class _BlockState:
     """What the driver remembers about one read block between polls."""
 
     decoder: BlockDecoder
+    names: tuple[str, ...] = ()  # the decoder's points' names, in its order
     last_raw: tuple[Any, ...] | None = None
     next_periodic: float = 0.0  # when the block's earliest periodic report falls due
     dirty: bool = False  # values taken from this block since the last report
@@ -339,9 +341,8 @@ class ModbusDriver(Driver):
         key = (block.table, block.start, block.count)  # cheap to hash, unlike the points
         state = self._blocks.get(key)
         if state is None:
-            state = self._blocks[key] = _BlockState(
-                BlockDecoder(block.points, block.start, self.profile)
-            )
+            decoder = BlockDecoder(block.points, block.start, self.profile)
+            state = self._blocks[key] = _BlockState(decoder, tuple(p.name for p in decoder.points))
         # the device's answer is outside data: it may be short, long or nonsense
         if len(data) != block.count:
             kind = "bits" if block.table.is_bit else "registers"
@@ -362,10 +363,11 @@ class ModbusDriver(Driver):
         if raw == state.last_raw and not periodic_due:
             return  # nothing changed on the device and no periodic report is due
         last = state.last_raw
-        points = state.decoder.points
+        names = state.names
+        good = _GOOD  # (an enum member is a descriptor lookup each time it is named)
         for i, item in enumerate(raw):
             if last is None or periodic_due or item != last[i]:
-                values[points[i].name] = (decoded[i], Quality.GOOD)
+                values[names[i]] = (decoded[i], good)
         state.last_raw = raw
         state.dirty = True
 
