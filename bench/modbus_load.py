@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ ME = str(Path(__file__).resolve())
 sys.path.insert(0, str(ROOT))
 
 from firmware_sim.broker import MosquittoBroker, free_port, wait_for_port
+from firmware_sim.process import until_stopped
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -87,11 +89,7 @@ async def serve_sim(args: argparse.Namespace) -> None:
         await server.start()
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     for server in servers:
         await server.stop()
 
@@ -125,16 +123,12 @@ async def run_poller(args: argparse.Namespace) -> None:
                 delay = 0
             await asyncio.sleep(delay)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     async with asyncio.TaskGroup() as tg:
         tasks = [
             tg.create_task(device(i, port), name=f"poller[{i}]")
             for i, port in enumerate(args.ports)
         ]
-        await stop.wait()
+        await until_stopped()
         for task in tasks:
             task.cancel()
     client.loop_stop()
@@ -233,7 +227,6 @@ class Counter:
         self.total = 0
         self.backlog = 0  # readings of the stored backlog delivered
         self.backlog_done = 0.0  # when the last of it arrived (monotonic)
-        self.task: asyncio.Task[None] | None = None
 
     async def follow(self, backlog: int = 0) -> None:
         assert self.proc.stdout is not None
@@ -279,7 +272,7 @@ async def measure(
     await asyncio.sleep(1.0)  # subscribed before the first message
     ports_arg = [str(p) for p in ports]
     if system == "node":
-        shutil_rmtree(work / "data")
+        shutil.rmtree(work / "data", ignore_errors=True)
         if args.backlog:
             await asyncio.to_thread(fill_backlog, work / "data" / "outbox.db", args.backlog)
         cfg = node_config(work, broker, ports, args.period, args.inflight)
@@ -400,12 +393,6 @@ async def node_health(cfg: Path) -> dict[str, float]:
 def per_reading(result: Result, seconds: float) -> float:
     """CPU microseconds per delivered reading."""
     return result.cpu_pct / 100 * seconds / max(result.delivered, 1) * 1e6
-
-
-def shutil_rmtree(path: Path) -> None:
-    import shutil  # noqa: PLC0415
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def bench(args: argparse.Namespace) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from pathlib import Path
 
 from drivers.modbus.profile import load_profile
 from firmware_sim import camera
 from firmware_sim.modbus import ModbusSimServer, SimSlave
+from firmware_sim.process import until_stopped
 
 
 async def serve_modbus(args: argparse.Namespace) -> None:
@@ -36,11 +36,7 @@ async def serve_modbus(args: argparse.Namespace) -> None:
     where = args.serial or f"{args.host}:{server.port}"
     sys.stdout.write(f"serving {len(slaves)} x {profile.name} on {where}\n")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await server.stop()
 
 

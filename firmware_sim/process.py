@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -80,3 +82,12 @@ class HelperProcess(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def until_stopped() -> None:
+    """Return once the process gets SIGINT or SIGTERM (a simulator run on its own)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -93,7 +93,6 @@ class LoadMonitor:
         self.overloaded = False
         self.episodes = 0
         self.late: list[Late] = []
-        self._since: float | None = None  # when the current overload began
         self._calm_since: float | None = None
         self._skipped: dict[str, int] = {}
 
@@ -147,7 +146,6 @@ class LoadMonitor:
             if not self.overloaded:
                 self.overloaded = True
                 self.episodes += 1
-                self._since = now
                 await self._report("node.overload", Severity.WARNING)
         elif self.overloaded:
             if self._calm_since is None:
@@ -155,7 +153,6 @@ class LoadMonitor:
             elif now - self._calm_since >= self.calm:
                 self.overloaded = False
                 await self._report("node.overload_cleared", Severity.INFO)
-                self._since = None
 
     async def _report(self, kind: str, severity: Severity) -> None:
         status = self.status()

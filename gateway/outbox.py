@@ -317,20 +317,15 @@ class OutboxStore:
         return what they freed), and the eviction walks the index from the oldest.
         """
         evicted: dict[str, int] = {}
-        before = {prio: list(t) for prio, t in self._totals.items()}
-        try:
-            with self._transaction() as cur:
-                self._delete(cur, list(acked))
-                self._insert(cur, pending)
-                used = sum(b for _, b in self._totals.values())
-                if used > self.max_bytes:
-                    reserve = REPORT_RESERVE if reporter is not None else 0
-                    evicted = self._evict(cur, used - self.max_bytes + reserve, protect)
-                    if evicted and reporter is not None:
-                        self._insert(cur, reporter("evicted", evicted))
-        except BaseException:
-            self._totals = before  # rolled back: so are the totals
-            raise
+        with self._transaction() as cur:
+            self._delete(cur, list(acked))
+            self._insert(cur, pending)
+            used = sum(b for _, b in self._totals.values())
+            if used > self.max_bytes:
+                reserve = REPORT_RESERVE if reporter is not None else 0
+                evicted = self._evict(cur, used - self.max_bytes + reserve, protect)
+                if evicted and reporter is not None:
+                    self._insert(cur, reporter("evicted", evicted))
         for name, n in evicted.items():
             self.stats.evicted[name] += n
         self.stats.accepted += sum(p.count for p in pending)
@@ -349,13 +344,16 @@ class OutboxStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction: committed if the block succeeds, rolled back if not."""
+        """One write transaction: committed if the block succeeds, rolled back if not
+        (and the running totals with it)."""
+        before = {prio: list(t) for prio, t in self._totals.items()}
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             yield cur
         except BaseException:
             cur.execute("ROLLBACK")
+            self._totals = before
             raise
         cur.execute("COMMIT")
 
@@ -413,26 +411,20 @@ class OutboxStore:
     def expire(self, now: float, reporter: Reporter | None = None) -> dict[str, int]:
         """Delete messages older than their class's time to live (and store the report)."""
         expired: dict[str, int] = {}
-        before = {prio: list(t) for prio, t in self._totals.items()}
-        try:
-            with self._transaction() as cur:
-                for prio, ttl in self.ttl.items():
-                    cur.execute(
-                        "DELETE FROM messages WHERE priority = ? AND created < ?"
-                        " RETURNING count, size",
-                        (int(prio), now - ttl),
-                    )
-                    rows = cur.fetchall()
-                    n = sum(row[0] for row in rows)
-                    if rows:
-                        self._count(prio, -len(rows), -sum(row[1] for row in rows))
-                    if n:
-                        expired[prio.name.lower()] = n
-                if expired and reporter is not None:
-                    self._insert(cur, reporter("expired", expired))
-        except BaseException:
-            self._totals = before
-            raise
+        with self._transaction() as cur:
+            for prio, ttl in self.ttl.items():
+                cur.execute(
+                    "DELETE FROM messages WHERE priority = ? AND created < ? RETURNING count, size",
+                    (int(prio), now - ttl),
+                )
+                rows = cur.fetchall()
+                n = sum(row[0] for row in rows)
+                if rows:
+                    self._count(prio, -len(rows), -sum(row[1] for row in rows))
+                if n:
+                    expired[prio.name.lower()] = n
+            if expired and reporter is not None:
+                self._insert(cur, reporter("expired", expired))
         for name, n in expired.items():
             self.stats.expired[name] += n
         self._publish_stats()

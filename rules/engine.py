@@ -155,21 +155,26 @@ class RuleEngine:
             len(keep),
         )
 
+    def _reading_rules_of(self, device: str) -> list[CompiledRule]:
+        """The rules a reading of `device` may trigger (found once per device)."""
+        mine = self._device_rules.get(device)
+        if mine is None:
+            mine = self._device_rules[device] = [
+                r
+                for r in (self.compiled.rules if self.compiled else ())
+                if r.rule.trigger == "reading"
+                and r.applies_to(device)
+                and r.id not in self.disabled
+            ]
+        return mine
+
     def _rules_for(self, device: str, point: str) -> list[CompiledRule]:
         key = (device, point)
         rules = self._index.get(key)
         if rules is None:
-            # the rules of a device are found once per device, then filtered per point
-            mine = self._device_rules.get(device)
-            if mine is None:
-                mine = self._device_rules[device] = [
-                    r
-                    for r in (self.compiled.rules if self.compiled else ())
-                    if r.rule.trigger == "reading"
-                    and r.applies_to(device)
-                    and r.id not in self.disabled
-                ]
-            rules = self._index[key] = [r for r in mine if r.triggered_by(point)]
+            rules = self._index[key] = [
+                r for r in self._reading_rules_of(device) if r.triggered_by(point)
+            ]
         return rules
 
     # --- input -------------------------------------------------------------------------
@@ -190,11 +195,7 @@ class RuleEngine:
         """Take in the values of a poll no rule is triggered by, and say so (True); False
         when some rule reads this device: then hand the batch to `on_batch`."""
         device = batch.device
-        mine = self._device_rules.get(device)
-        if mine is None:
-            self._rules_for(device, batch.points[0])  # finds the device's rules
-            mine = self._device_rules[device]
-        if mine:
+        if self._reading_rules_of(device):
             return False
         self.values.setdefault(device, {}).update(zip(batch.points, batch.values, strict=True))
         return True
@@ -205,11 +206,7 @@ class RuleEngine:
         now = self.monotonic() if now is None else now
         device = batch.device
         self.values.setdefault(device, {}).update(zip(batch.points, batch.values, strict=True))
-        mine = self._device_rules.get(device)
-        if mine is None:
-            self._rules_for(device, batch.points[0])  # finds the device's rules
-            mine = self._device_rules[device]
-        if not mine:
+        if not self._reading_rules_of(device):
             return  # no rule reads this device: nothing to evaluate
         for reading in batch.readings():
             rules = self._rules_for(device, reading.point)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +158,21 @@ async def test_records_queued_at_shutdown_are_committed(tmp_path: Path) -> None:
     assert values == list(range(50))
 
 
-async def test_released_messages_are_offered_again_in_order(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def running_outbox(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[Bus, Outbox]]:
+    """An outbox writer running on its own bus until the block ends (then cancelled)."""
     bus = Bus()
-    outbox = Outbox(tmp_path / "o.db", node="n1", bus=bus, commit_interval=0.01, batch_max=1)
+    outbox = Outbox(tmp_path / "o.db", node="n1", bus=bus, **kw)
     ready = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(outbox.run(ready.set), name="outbox")
         await asyncio.wait_for(ready.wait(), 5)
+        yield bus, outbox
+        task.cancel()
+
+
+async def test_released_messages_are_offered_again_in_order(tmp_path: Path) -> None:
+    async with running_outbox(tmp_path, commit_interval=0.01, batch_max=1) as (bus, outbox):
         for reading in readings("a", 3):
             await bus.publish(reading)
         await asyncio.wait_for(outbox.committed.wait(), 5)
@@ -174,18 +184,12 @@ async def test_released_messages_are_offered_again_in_order(tmp_path: Path) -> N
         outbox.release(first[1:] + rest)
         again = await outbox.next_messages(5)
         assert [m.seq for m in again] == [first[1].seq, rest[0].seq]
-        task.cancel()
 
 
 async def test_what_was_read_ahead_waits_for_an_alarm_and_for_a_resend(tmp_path: Path) -> None:
     """The outbox reads messages ahead of the uplink's requests; an alarm stored meanwhile
     still goes first, and a released message still goes before those read after it."""
-    bus = Bus()
-    outbox = Outbox(tmp_path / "o.db", node="n1", bus=bus, commit_interval=0.01, batch_max=1)
-    ready = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(outbox.run(ready.set), name="outbox")
-        await asyncio.wait_for(ready.wait(), 5)
+    async with running_outbox(tmp_path, commit_interval=0.01, batch_max=1) as (bus, outbox):
         for reading in readings("a", 10):
             await bus.publish(reading)
         while outbox.stats.messages < 10:
@@ -203,7 +207,6 @@ async def test_what_was_read_ahead_waits_for_an_alarm_and_for_a_resend(tmp_path:
         assert [m.seq for m in again][:1] == [t1.seq]
         values = [json.loads(m.body)["readings"][0]["value"] for m in again]
         assert values == sorted(values)  # per device in measurement order
-        task.cancel()
 
 
 def test_eviction_report_is_stored_with_the_eviction_and_is_exact(tmp_path: Path) -> None:
