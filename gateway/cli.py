@@ -217,8 +217,8 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 256 * 1024) -> bool:
       speed).
     - A fixed mmap threshold: blocks from `mmap_threshold` up (decoded frames, input
       tensors, the model's activations) are mapped on their own and unmapped when freed.
-      glibc's default threshold rises to 32 MB after the first such block is freed, and
-      later ones then come from the heap, which stays as large as its highest point: a
+      glibc's default threshold rises to the size of each such block freed (up to 32 MB),
+      and later ones then come from the heap, which stays as large as its highest point: a
       camera node held ~20 MB more between frames.
 
     A no-op (False) where the C library is not glibc.
