@@ -135,7 +135,7 @@ async def run_poller(args: argparse.Namespace) -> None:
 
 
 async def run_subscriber(args: argparse.Namespace) -> None:
-    """Count readings delivered (a node's `readings` list, a poller's `values`); print the
+    """Count readings delivered (a node's polls or readings, a poller's `values`); print the
     running total every 0.25 s."""
     import aiomqtt  # noqa: PLC0415
 
@@ -153,7 +153,10 @@ async def run_subscriber(args: argparse.Namespace) -> None:
             tg.create_task(report(), name="subscriber.report")
             async for message in c.messages:
                 body = json.loads(message.payload)
-                n = len(body.get("readings") or body.get("values") or ())
+                if "polls" in body:  # telemetry format 2
+                    n = sum(len(poll["points"]) for poll in body["polls"])
+                else:
+                    n = len(body.get("readings") or body.get("values") or ())
                 if body.get("device") == "backlog":
                     old += n  # stored before the node started: the drain
                 else:

@@ -145,7 +145,7 @@ class Viewer:
         if rel == "status":
             self._line(f"{now}  status     {self.node} is {body.get('state')}")
         elif rel.startswith("telemetry/"):
-            readings = body.get("readings", [])
+            readings = _readings(body)
             self.readings += len(readings)
             values = "  ".join(_fmt(r) for r in readings)
             device = body.get("device", "?")
@@ -168,6 +168,19 @@ class Viewer:
     def _line(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
+
+
+def _readings(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A telemetry message's readings, in either format (docs/mqtt-api.md)."""
+    if body.get("format") != 2:
+        return list(body.get("readings", []))
+    return [
+        {"point": p, "value": v, "unit": u, "quality": q}
+        for poll in body.get("polls", [])
+        for p, v, u, q in zip(
+            poll["points"], poll["values"], poll["units"], poll["quality"], strict=False
+        )
+    ]
 
 
 def _fmt(reading: dict[str, Any]) -> str:

@@ -191,6 +191,7 @@ class Gateway:
             commit_interval=cfg.outbox.commit_interval,
             batch_max=cfg.outbox.batch_max,
             fsync=cfg.outbox.fsync,
+            telemetry_format=cfg.mqtt.telemetry_format if cfg.mqtt is not None else 2,
             ttl={
                 Priority.ALARM: ttl.alarm,
                 Priority.EVENT: ttl.event,

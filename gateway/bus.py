@@ -112,6 +112,7 @@ class Subscription:
         self._bus = bus
         self._items: deque[Record] = deque()
         self._getter: asyncio.Future[None] | None = None  # the consumer, asleep
+        self._wake_at = 1  # records queued that wake it
         self._putters: deque[asyncio.Future[None]] = deque()  # publishers waiting for room
         self.delivered = 0
         self.dropped = 0
@@ -176,7 +177,7 @@ class Subscription:
                 return
         self._items.append(record)
         getter = self._getter
-        if getter is not None and not getter.done():
+        if getter is not None and len(self._items) >= self._wake_at and not getter.done():
             getter.set_result(None)
         self._delivered()
 
@@ -209,9 +210,12 @@ class Subscription:
                 break
         return record
 
-    async def _wait(self, wake: Wake | None = None, within: float | None = None) -> bool:
-        """Wait until a record is queued (True), or `wake` is set or `within` s pass."""
-        if self._items:
+    async def _wait(
+        self, wake: Wake | None = None, within: float | None = None, gather: int = 1
+    ) -> bool:
+        """Wait until `gather` records are queued (True), or `wake` is set or `within` s
+        pass (then True if any is)."""
+        if len(self._items) >= gather:
             return True
         if wake is not None and wake.is_set():
             return False
@@ -219,6 +223,7 @@ class Subscription:
             raise RuntimeError(f"subscription {self.name!r} has a consumer already")
         loop = asyncio.get_running_loop()
         fut = self._getter = loop.create_future()
+        self._wake_at = gather
         if wake is not None:
             wake._waiters.append(fut)  # the two are made for each other
         timer = loop.call_later(within, _resolve, fut) if within is not None else None
@@ -226,6 +231,7 @@ class Subscription:
             await fut
         finally:
             self._getter = None
+            self._wake_at = 1
             if timer is not None:
                 timer.cancel()
             if wake is not None and fut in wake._waiters:
@@ -252,13 +258,12 @@ class Subscription:
             if wake is not None and wake.is_set():
                 return []
         batch = [self._take()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + linger
-        while len(batch) < max_items:
-            if not self._items:
-                remaining = deadline - loop.time()
-                if remaining <= 0 or not await self._wait(within=remaining):
-                    break
+        # the rest: one sleep through the linger, cut short only by a full batch (not a
+        # wake-up per record)
+        gather = min(max_items - 1, self.maxsize)
+        if gather > 0 and linger > 0:
+            await self._wait(within=linger, gather=gather)
+        while self._items and len(batch) < max_items:
             batch.append(self._take())
         return batch
 

@@ -107,6 +107,11 @@ class MqttSection(Section):
     topic_prefix: str = Field(
         default="cityneuron/v1", description="Prefix of every topic the node uses."
     )
+    telemetry_format: Literal[1, 2] = Field(
+        default=2,
+        description="Telemetry messages: 2, a poll's readings as columns (docs/mqtt-api.md); "
+        "1, an object per reading, for back ends written against it.",
+    )
     max_inflight: int = Field(
         default=32,
         ge=1,

@@ -46,12 +46,14 @@ import orjson
 from gateway.bus import Bus, DropPolicy, Wake
 from gateway.kernel.component import Ready
 from gateway.kernel.records import (
+    BLOCK_IDS,
     Detection,
     Event,
     Reading,
     ReadingBatch,
     Record,
     Severity,
+    id_suffix,
     iso_time,
     new_id,
 )
@@ -154,6 +156,9 @@ def priority_of(record: Record) -> Priority:
     return Priority.TELEMETRY
 
 
+TelemetryFormat = Literal[1, 2]
+
+
 def pack(
     records: Sequence[Record],
     node: str,
@@ -162,21 +167,27 @@ def pack(
     *,
     locate: Callable[[], dict[str, Any] | None] | None = None,
     snapshots: SnapshotStore | None = None,
+    telemetry_format: TelemetryFormat = 2,
 ) -> list[_Pending]:
     """Turn records into messages: readings grouped per device (in arrival order, at most
     `batch_max` per message), every event and detection a message of its own; an event
     without a location gets the node's current one from `locate`; a detection whose frame
     has a JPEG in `snapshots` names it and is followed by a raw message carrying it, and so
-    is an event whose `snapshot` id has a JPEG there."""
+    is an event whose `snapshot` id has a JPEG there.
+
+    Telemetry format 2 (docs/mqtt-api.md) carries the readings of one time as a `poll` of
+    columns, never split across messages; format 1 one object per reading."""
     out: list[_Pending] = []
-    by_device: dict[str, list[dict[str, Any]]] = {}
+    telemetry: dict[str, _Telemetry] = {}
     pictured: set[str] = set()
     for record in records:
-        if isinstance(record, ReadingBatch):
-            by_device.setdefault(record.device, []).extend(record.to_dicts())
-            continue
-        if isinstance(record, Reading):
-            by_device.setdefault(record.device, []).append(_reading_dict(record))
+        if isinstance(record, ReadingBatch | Reading):
+            lane = telemetry.get(record.device)
+            if lane is None:
+                lane = telemetry[record.device] = (
+                    _Polls(batch_max) if telemetry_format == 2 else _Rows()
+                )
+            lane.add(record)
             continue
         body = record.to_dict()
         body["node"] = node
@@ -201,23 +212,99 @@ def pack(
             # the picture follows its detection, at telemetry priority: events go first and
             # a full outbox drops pictures before any event
             out.append(_Pending(new_id(), Priority.TELEMETRY, snap, stream, jpeg, 1, now, True))
-    for device, readings in by_device.items():
-        for start in range(0, len(readings), batch_max):
-            chunk = readings[start : start + batch_max]
-            msg_id = new_id()
-            body = {"id": msg_id, "node": node, "device": device, "readings": chunk}
-            out.append(
-                _Pending(
-                    msg_id,
-                    Priority.TELEMETRY,
-                    f"telemetry/{device}",
-                    device,
-                    _dumps(body),
-                    len(chunk),
-                    now,
-                )
-            )
+    for device, lane in telemetry.items():
+        out.extend(lane.messages(node, device, batch_max, now))
     return out
+
+
+class _Polls:
+    """One device's readings as format 2 polls: columns of the readings of one time, their
+    ids the poll's id with the readings' index as its last two characters."""
+
+    def __init__(self, batch_max: int) -> None:
+        self.polls: list[tuple[dict[str, Any], int]] = []
+        # single readings of one time gather in one poll, up to a message's worth
+        self._open: dict[str, Any] | None = None
+        self._most = min(batch_max, BLOCK_IDS)
+
+    def add(self, record: ReadingBatch | Reading) -> None:
+        if isinstance(record, ReadingBatch):
+            self._open = None
+            poll: dict[str, Any] = {
+                "id": record.ids + _FIRST,
+                "ts": iso_time(record.ts),
+                "points": record.points,
+                "values": record.values,
+                "units": record.units,
+                "quality": record.qualities,  # orjson writes an enum as its value
+            }
+            self.polls.append((poll, len(record.points)))
+            return
+        ts = iso_time(record.ts)
+        last = self._open  # the last poll, made of single readings
+        if last is not None and last["ts"] == ts and len(last["points"]) < self._most:
+            last["points"].append(record.point)
+            last["values"].append(record.value)
+            last["units"].append(record.unit)
+            last["quality"].append(record.quality)
+            self.polls[-1] = (last, self.polls[-1][1] + 1)
+            return
+        poll = self._open = {
+            "id": record.id[:-2] + _FIRST,
+            "ts": ts,
+            "points": [record.point],
+            "values": [record.value],
+            "units": [record.unit],
+            "quality": [record.quality],
+        }
+        self.polls.append((poll, 1))
+
+    def messages(self, node: str, device: str, batch_max: int, now: float) -> list[_Pending]:
+        """Whole polls, at most `batch_max` readings a message (a larger poll alone)."""
+        out: list[_Pending] = []
+        items: list[dict[str, Any]] = []
+        count = 0
+        for poll, n in self.polls:
+            if items and count + n > batch_max:
+                out.append(_telemetry(node, device, {"format": 2, "polls": items}, count, now))
+                items, count = [], 0
+            items.append(poll)
+            count += n
+        if items:
+            out.append(_telemetry(node, device, {"format": 2, "polls": items}, count, now))
+        return out
+
+
+class _Rows:
+    """One device's readings as format 1: an object per reading."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, record: ReadingBatch | Reading) -> None:
+        if isinstance(record, ReadingBatch):
+            self.rows.extend(record.to_dicts())
+        else:
+            self.rows.append(_reading_dict(record))
+
+    def messages(self, node: str, device: str, batch_max: int, now: float) -> list[_Pending]:
+        return [
+            _telemetry(node, device, {"readings": chunk}, len(chunk), now)
+            for start in range(0, len(self.rows), batch_max)
+            if (chunk := self.rows[start : start + batch_max])
+        ]
+
+
+def _telemetry(node: str, device: str, content: dict[str, Any], count: int, now: float) -> _Pending:
+    msg_id = new_id()
+    body = {"id": msg_id, "node": node, "device": device, **content}
+    return _Pending(
+        msg_id, Priority.TELEMETRY, f"telemetry/{device}", device, _dumps(body), count, now
+    )
+
+
+_Telemetry = _Polls | _Rows
+_FIRST = id_suffix(0)
 
 
 def _reading_dict(r: Reading) -> dict[str, Any]:
@@ -488,6 +575,7 @@ class Outbox:
         queue_size: int = 10_000,
         maintenance_interval: float = 60.0,
         ack_interval: float = 1.0,
+        telemetry_format: TelemetryFormat = 2,
     ) -> None:
         self.path = path
         # Deleting acknowledged messages is not urgent (a crash before it means a QoS 1
@@ -502,6 +590,7 @@ class Outbox:
         self.fsync = fsync
         self.ttl = ttl
         self.queue_size = queue_size
+        self.telemetry_format = telemetry_format
         self.maintenance_interval = maintenance_interval
         self.store: OutboxStore | None = None
         self.available = asyncio.Event()
@@ -619,6 +708,7 @@ class Outbox:
             time.time(),
             locate=self.locate,
             snapshots=self.snapshots,
+            telemetry_format=self.telemetry_format,
         )
         try:
             await self._call(

@@ -130,11 +130,33 @@ async def collect(
             pump.cancel()
 
 
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def telemetry_readings(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The readings of a telemetry message, one object each (format 1's shape), decoded as
+    docs/mqtt-api.md tells a back end to: in format 2, reading i of a poll has the poll's
+    values at index i and the id of the poll with base-32 i as its last two characters."""
+    if body.get("format", 1) == 1:
+        return list(body["readings"])
+    out: list[dict[str, Any]] = []
+    for poll in body["polls"]:
+        columns = (poll["points"], poll["values"], poll["units"], poll["quality"])
+        assert len({len(c) for c in columns}) == 1, f"ragged poll {poll}"
+        for i, (point, value, unit, quality) in enumerate(zip(*columns, strict=True)):
+            out.append({
+                "id": poll["id"][:24] + CROCKFORD[i >> 5] + CROCKFORD[i & 31],
+                "point": point, "value": value, "unit": unit, "quality": quality,
+                "ts": poll["ts"],
+            })  # fmt: skip
+    return out
+
+
 def readings_of(collector: Collector, device: str) -> list[dict[str, Any]]:
     """Every reading received on the device's telemetry topic, in arrival order."""
     out: list[dict[str, Any]] = []
     for m in collector.on(f"/telemetry/{device}"):
-        out.extend(m.json()["readings"])
+        out.extend(telemetry_readings(m.json()))
     return out
 
 

@@ -105,6 +105,27 @@ async def test_get_batch_stops_at_max_items() -> None:
         assert [r.value for r in await sub.get_batch(5, linger=0.01)] == [5, 6]
 
 
+async def test_get_batch_lingers_for_records_and_a_full_batch_ends_the_linger() -> None:
+    bus = Bus()
+    with bus.subscribe("all", maxsize=3) as sub:
+        lingering = asyncio.create_task(sub.get_batch(5, linger=0.2), name="test.linger")
+        await asyncio.sleep(0.01)
+        await bus.publish(reading(0))  # wakes it; the linger starts
+        await asyncio.sleep(0.05)
+        await bus.publish(reading(1))  # does not end the linger
+        await asyncio.sleep(0.01)
+        assert not lingering.done()
+        assert [r.value for r in await asyncio.wait_for(lingering, 5)] == [0, 1]
+        # a batch as large as the queue can hold ends it at once, never a full queue's wait
+        lingering = asyncio.create_task(sub.get_batch(5, linger=60), name="test.linger2")
+        await bus.publish(reading(2))
+        await asyncio.sleep(0.01)
+        for n in range(3, 6):
+            await bus.publish(reading(n))
+        got = await asyncio.wait_for(lingering, 5)
+        assert [r.value for r in got] == [2, 3, 4, 5]
+
+
 def test_subscription_rejects_a_zero_size_queue() -> None:
     with pytest.raises(ValueError, match="maxsize must be >= 1"):
         Bus().subscribe("bad", maxsize=0)

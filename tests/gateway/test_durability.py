@@ -11,9 +11,10 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from firmware_sim.broker import MosquittoBroker
-from tests.mqtt import Collector, collect
+from tests.mqtt import Collector, collect, telemetry_readings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +38,11 @@ def start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def ids_of_readings(doc: dict[str, Any]) -> list[str]:
+    telemetry = "polls" in doc or "readings" in doc
+    return [r["id"] for r in telemetry_readings(doc)] if telemetry else []
+
+
 def stored_messages(db: Path) -> dict[str, list[str]]:
     """Message id -> reading ids of everything the outbox holds (i.e. accepted, not acked)."""
     if not db.exists():  # killed before the outbox was created
@@ -47,7 +53,7 @@ def stored_messages(db: Path) -> dict[str, list[str]]:
         out = {}
         for mid, body in con.execute("SELECT id, body FROM messages"):
             doc = json.loads(body)
-            out[mid] = [r["id"] for r in doc.get("readings", [])]
+            out[mid] = ids_of_readings(doc)
         return out
     finally:
         con.close()
@@ -110,6 +116,6 @@ async def test_sigkill_at_random_moments_loses_nothing_accepted(tmp_path: Path) 
                 assert await wait_exit(proc, 20) == 0, log.read_text()[-3000:]
     got = {m.json()["id"]: m.json() for m in sub.on("") if "/status" not in m.topic}
     for mid, reading_ids in accepted.items():
-        assert [r["id"] for r in got[mid].get("readings", [])] == reading_ids
+        assert ids_of_readings(got[mid]) == reading_ids
     # an orderly stop says offline itself (what it measured last waits for the next start)
     assert sub.on("/status")[-1].json()["state"] == "offline"

@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ from gateway.bus import Bus
 from gateway.kernel.component import Ready
 from gateway.kernel.records import Event, Quality, Reading, ReadingBatch, Severity
 from gateway.outbox import Outbox, OutboxStore, Priority, pack
+from tests.mqtt import telemetry_readings
+
+T0 = datetime(2026, 11, 22, 0, 59, 2, 431000, tzinfo=UTC)
 
 
 def readings(device: str, n: int, start: int = 0) -> list[Reading]:
-    return [Reading(device=device, point="p", value=start + i) for i in range(n)]
+    return [Reading(device=device, point="p", value=start + i, ts=T0) for i in range(n)]
 
 
 def store(path: Path, **kw: object) -> OutboxStore:
@@ -36,8 +40,8 @@ def test_pack_groups_readings_per_device_and_keeps_order() -> None:
     first = json.loads(msgs[0].body)
     assert first["node"] == "n1"
     assert first["device"] == "a"
-    assert [r["value"] for r in first["readings"]] == [0, 1, 2, 3]
-    assert len({r["id"] for r in first["readings"]}) == 4
+    assert [r["value"] for r in telemetry_readings(first)] == [0, 1, 2, 3]
+    assert len({r["id"] for r in telemetry_readings(first)}) == 4
 
 
 def test_events_are_sent_before_telemetry_and_sequence_numbers_are_never_reused(
@@ -72,20 +76,20 @@ def test_events_are_sent_before_telemetry_and_sequence_numbers_are_never_reused(
 
 
 def test_full_outbox_evicts_oldest_telemetry_first_and_counts_it(tmp_path: Path) -> None:
-    s = store(tmp_path, max_bytes=40_000)
+    s = store(tmp_path, max_bytes=20_000)
     alarm = Event(kind="alarm.flood", source="river", severity=Severity.CRITICAL)
     s.commit(pack([alarm], "n1", 10, 0), ())
     evicted_total = 0
     for round_ in range(100):
         evicted = s.commit(pack(readings("a", 5, start=round_ * 5), "n1", 5, 0), ())
         evicted_total += evicted.get("telemetry", 0)
-    assert s.stats.bytes <= 40_000
+    assert s.stats.bytes <= 20_000
     assert evicted_total > 0
     assert s.stats.evicted["telemetry"] == evicted_total
     msgs = s.peek(1000, set())
     # the alarm survived; what remains of the telemetry is the newest, in order
     assert msgs[0].topic == "events/alarm.flood"
-    values = [r["value"] for m in msgs[1:] for r in json.loads(m.body)["readings"]]
+    values = [r["value"] for m in msgs[1:] for r in telemetry_readings(json.loads(m.body))]
     assert values == list(range(500 - len(values), 500))
     assert evicted_total + len(values) == 500
     s.close()
@@ -122,11 +126,11 @@ async def test_writer_commits_bus_records_and_deletes_after_ack(tmp_path: Path) 
         for reading in readings("a", 5):
             await bus.publish(reading)
         msgs = await asyncio.wait_for(outbox.next_messages(10), 5)
-        got = [r["value"] for m in msgs for r in json.loads(m.payload())["readings"]]
+        got = [r["value"] for m in msgs for r in telemetry_readings(json.loads(m.payload()))]
         while len(got) < 5:
             more = await asyncio.wait_for(outbox.next_messages(10), 5)
             msgs += more
-            got += [r["value"] for m in more for r in json.loads(m.payload())["readings"]]
+            got += [r["value"] for m in more for r in telemetry_readings(json.loads(m.payload()))]
         assert got == [0, 1, 2, 3, 4]
         assert outbox.stats.accepted == 5
         for m in msgs:
@@ -153,7 +157,9 @@ async def test_records_queued_at_shutdown_are_committed(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         task.cancel()
     s = OutboxStore(tmp_path / "o.db", max_bytes=10**8)
-    values = [r["value"] for m in s.peek(100, set()) for r in json.loads(m.body)["readings"]]
+    values = [
+        r["value"] for m in s.peek(100, set()) for r in telemetry_readings(json.loads(m.body))
+    ]
     s.close()
     assert values == list(range(50))
 
@@ -205,7 +211,7 @@ async def test_what_was_read_ahead_waits_for_an_alarm_and_for_a_resend(tmp_path:
         outbox.release([t1])  # the link dropped before t1's PUBACK
         again = await outbox.next_messages(3)
         assert [m.seq for m in again][:1] == [t1.seq]
-        values = [json.loads(m.body)["readings"][0]["value"] for m in again]
+        values = [telemetry_readings(json.loads(m.body))[0]["value"] for m in again]
         assert values == sorted(values)  # per device in measurement order
 
 
@@ -279,16 +285,35 @@ def test_a_poll_batch_becomes_the_same_telemetry_as_its_readings_one_by_one() ->
         {k: v for k, v in r.to_dict().items() if k not in ("node", "device")}
         for r in poll.readings()
     ]
-    assert body["readings"] == one_by_one
-    ids = [r["id"] for r in body["readings"]]
+    assert telemetry_readings(body) == one_by_one
+    ids = [r["id"] for r in telemetry_readings(body)]
     assert len(set(ids)) == 3 and ids == sorted(ids)  # unique ULIDs in measurement order
     assert all(re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", i) for i in ids)
-    assert {r["ts"] for r in body["readings"]} == {body["readings"][0]["ts"]}  # one moment
+    assert [p["ts"] for p in body["polls"]] == [one_by_one[0]["ts"]]  # one moment, once
     # a batch and single readings of one device share its messages, in arrival order
     mixed = pack([poll, *readings("a", 2, start=100), batch("a", [9])], "n1", 4, 0)
-    values = [r["value"] for m in mixed for r in json.loads(m.body)["readings"]]
+    values = [r["value"] for m in mixed for r in telemetry_readings(json.loads(m.body))]
     assert values == [5, 6, 7, 100, 101, 9]
-    assert [m.count for m in mixed] == [4, 2]
+    assert [m.count for m in mixed] == [3, 3]  # a poll is never split across messages
+    # a poll larger than a message's worth travels alone, whole
+    big, small = pack([batch("a", list(range(7))), batch("a", [1])], "n1", 4, 0)
+    assert (big.count, small.count) == (7, 1)
+    assert [r["value"] for r in telemetry_readings(json.loads(big.body))] == list(range(7))
+
+
+def test_telemetry_format_1_has_an_object_per_reading_for_older_back_ends() -> None:
+    poll, singles = batch("a", [5, 6, 7]), readings("a", 2)
+    (v1,) = pack([poll, *singles], "n1", batch_max=100, now=0, telemetry_format=1)
+    (v2,) = pack([poll, *singles], "n1", batch_max=100, now=0)
+    body = json.loads(v1.body)
+    assert "format" not in body and "polls" not in body
+    assert body["readings"] == [
+        {k: v for k, v in r.to_dict().items() if k not in ("node", "device")}
+        for r in [*poll.readings(), *singles]
+    ]
+    # the same poll in format 2 decodes to the same readings, ids included
+    assert telemetry_readings(json.loads(v2.body))[:3] == body["readings"][:3]
+    assert v1.count == v2.count == 5
 
 
 def test_a_reading_batch_refuses_ragged_or_oversized_columns() -> None:
@@ -302,7 +327,7 @@ def test_a_reading_batch_refuses_ragged_or_oversized_columns() -> None:
 def test_totals_stay_exact_without_counting_the_file(tmp_path: Path) -> None:
     """The running totals a commit keeps match what a full count of the file says, through
     inserts, acknowledgements, evictions, expiry and a rolled-back commit."""
-    s = store(tmp_path, max_bytes=60_000)
+    s = store(tmp_path, max_bytes=12_000)
 
     def counted() -> tuple[int, int]:
         return s.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
