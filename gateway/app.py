@@ -264,7 +264,7 @@ class Gateway:
                 driver_type=device.type,
                 models=self.models,
                 snapshots=self.snapshots,
-                pace=self.load.current_pace,
+                pace=functools.partial(self.load.pace_of, device.id),
             )
             component = DriverComponent(driver_cls(device), ctx, stop_timeout=self.stop_timeout)
             self.drivers[device.id] = component
@@ -306,6 +306,7 @@ class Gateway:
             node=self.config.node.id, locate=self.location.snapshot, eval_budget=cfg.max_eval_time
         )
         self.add_metrics(functools.partial(rule_metrics, self.rules))
+        self.load.guarded = self.rules.guards  # alarm devices are slowed last under load
         self.deployer = RuleDeployer(
             self.rules,
             RuleStore(self.config.node.data_dir / "rules"),

@@ -6,10 +6,13 @@ device, the polls that started late and the ones skipped because their slot had 
 passed (a driver that cannot keep its rate polls less often, at the same cadence for
 every device on a saturated loop, instead of queueing work that times out).
 
-While the loop lags, the node stretches every polling driver's interval by a common
+While the loop lags, the node stretches the polling drivers' intervals by a common
 factor, `pace` (up to 20x), and eases it back once the loop is quick again: it then
-reads what it can deliver, all devices alike, rather than reading more than it can send
-and starving the uplink's round trips (delivery would collapse, not level off).
+reads what it can deliver, devices of one kind alike, rather than reading more than it
+can send and starving the uplink's round trips (delivery would collapse, not level off).
+Devices an alarm rule reads are slowed last: they keep their rate until every other
+device is at the slowest pace, and only pressure beyond that stretches theirs (up to 20x
+as well), so an overloaded node still sees a flood or an open manhole at once.
 
 When devices fall behind, or the loop lags, the node says so once: a ``node.overload``
 event naming the late devices and by how much, the same on ``/readyz`` (``overload``),
@@ -86,7 +89,10 @@ class LoadMonitor:
         self.adjust = adjust
         self.calm = calm
         self.loop_lag_limit = loop_lag_limit
-        self.pace = 1.0  # what polling drivers multiply their intervals by
+        # how hard polling is held back: 1 (not at all) to MAX_PACE**2; the devices no alarm
+        # reads take the first factor of MAX_PACE, alarm devices what lies beyond it
+        self.pressure = 1.0
+        self.guarded: Callable[[str], bool] = _nobody  # does an alarm read this device?
         self.pace_lag = PACE_LAG
         self.loop_lag = 0.0  # smoothed (EWMA), seconds
         self.loop_lag_max = 0.0  # the largest since the last look
@@ -116,17 +122,30 @@ class LoadMonitor:
                 next_check = loop.time() + self.check
                 await self._look(time.monotonic())
 
-    def current_pace(self) -> float:
-        return self.pace
+    @property
+    def pace(self) -> float:
+        """The factor on the intervals of devices no alarm rule reads."""
+        return min(MAX_PACE, self.pressure)
+
+    @property
+    def alarm_pace(self) -> float:
+        """The factor on the intervals of devices an alarm rule reads."""
+        return max(1.0, self.pressure / MAX_PACE)
+
+    def pace_of(self, device: str) -> float:
+        """What `device`'s driver multiplies its poll interval by now."""
+        if self.pressure <= 1.0:
+            return 1.0
+        return self.alarm_pace if self.guarded(device) else self.pace
 
     def _adjust(self) -> None:
-        """Slow every polling driver down while the loop lags, speed up when it does not:
-        the node then reads what it can deliver, every device a little less often, and
+        """Slow polling down while the loop lags, speed up when it does not: the node then
+        reads what it can deliver, devices a little less often (alarm devices last), and
         its uplink keeps the round trips that carry the data out."""
         if self.loop_lag > self.pace_lag:
-            self.pace = min(MAX_PACE, self.pace * 1.25)
-        elif self.loop_lag < self.pace_lag / 2 and self.pace > 1.0:
-            self.pace = max(1.0, self.pace / 1.1)
+            self.pressure = min(MAX_PACE * MAX_PACE, self.pressure * 1.25)
+        elif self.loop_lag < self.pace_lag / 2 and self.pressure > 1.0:
+            self.pressure = max(1.0, self.pressure / 1.1)
 
     async def _look(self, now: float) -> None:
         late = []
@@ -140,7 +159,7 @@ class LoadMonitor:
                 late.append(Late(device, float(getattr(driver, "poll_lag", 0.0)), new))
         late.sort(key=lambda x: (-x.lag_s, x.device))
         self.late = late
-        behind = bool(late) or self.loop_lag > self.loop_lag_limit or self.pace > 1.0
+        behind = bool(late) or self.loop_lag > self.loop_lag_limit or self.pressure > 1.0
         if behind:
             self._calm_since = None
             if not self.overloaded:
@@ -185,9 +204,14 @@ class LoadMonitor:
             "loop_lag_ms": round(self.loop_lag * 1000, 1),
             "loop_lag_max_ms": round(self.loop_lag_max * 1000, 1),
             "pace": round(self.pace, 2),
+            "alarm_pace": round(self.alarm_pace, 2),
             "late_devices": len(self.late),
             "late": [x.to_dict() for x in self.late[:MAX_LISTED]],
         }
+
+
+def _nobody(device: str) -> bool:
+    return False
 
 
 def load_metrics(monitor: LoadMonitor) -> Iterator[Metric]:
@@ -208,6 +232,11 @@ def load_metrics(monitor: LoadMonitor) -> Iterator[Metric]:
         "cityneuron_poll_pace",
         "Factor on every poll interval (1: as configured; more: the node slows polling)",
         value=monitor.pace,
+    )
+    yield GaugeMetricFamily(
+        "cityneuron_alarm_poll_pace",
+        "Factor on the poll intervals of devices an alarm rule reads (slowed last)",
+        value=monitor.alarm_pace,
     )
     yield CounterMetricFamily(
         "cityneuron_overload_episodes", "Times the node fell behind", value=monitor.episodes

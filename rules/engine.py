@@ -168,6 +168,10 @@ class RuleEngine:
             ]
         return mine
 
+    def guards(self, device: str) -> bool:
+        """Whether an alarm rule reads `device` (its polls are slowed last under load)."""
+        return any(r.rule.alarm is not None for r in self._reading_rules_of(device))
+
     def _rules_for(self, device: str, point: str) -> list[CompiledRule]:
         key = (device, point)
         rules = self._index.get(key)

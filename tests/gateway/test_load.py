@@ -17,9 +17,12 @@ from firmware_sim.city import RiverGauge
 from firmware_sim.modbus import ModbusSimServer, SimSlave
 from gateway.app import Gateway
 from gateway.bus import Bus
-from gateway.config import HttpSection, NodeConfig, NodeSection
+from gateway.config import HttpSection, NodeConfig, NodeSection, RulesSection
 from gateway.kernel.records import Event
-from gateway.load import LoadMonitor
+from gateway.load import MAX_PACE, LoadMonitor
+from rules.bundle import parse_bundle
+from rules.compiler import compile_bundle
+from rules.engine import RuleEngine
 
 
 def device(name: str, port: int) -> ModbusConfig:
@@ -126,3 +129,57 @@ async def test_a_blocked_event_loop_is_measured_and_reported() -> None:
     assert isinstance(event, Event) and event.kind == "node.overload"
     assert event.data["loop_lag_ms"] > 50 and event.data["late_devices"] == 0
     assert event.data["loop_lag_max_ms"] >= 100
+
+
+async def test_under_pressure_devices_an_alarm_reads_are_slowed_last() -> None:
+    rules = RuleEngine(node="n1")
+    rules.swap(compile_bundle(parse_bundle(
+        "version: 1\nname: t\nrules:\n"
+        "  - id: flood\n    devices: [river-*]\n    when: level > 2\n    alarm: {kind: flood}\n"
+        "  - id: note\n    devices: [dust-*]\n    when: pm25 > 50\n    event: {kind: dusty}\n"
+    )))  # fmt: skip
+    bus = Bus()
+    monitor = LoadMonitor(
+        bus, dict, node="n1", tick=0.01, check=60, adjust=0.01, calm=60, loop_lag_limit=0.05
+    )
+    monitor.guarded, monitor.pace_lag = rules.guards, 0.01
+    seen: list[tuple[float, float, float]] = []  # (other, dust, river) paces
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(monitor.run(lambda: None), name="test.load")
+        for _ in range(200):  # a loop blocked again and again, until polling is at its slowest
+            time.sleep(0.05)  # noqa: ASYNC251 - the overload this test is about
+            await asyncio.sleep(0.011)
+            seen.append((monitor.pace_of("pump-1"), monitor.pace_of("dust-1"),
+                         monitor.pace_of("river-1")))  # fmt: skip
+            if seen[-1][2] >= MAX_PACE:
+                break
+        task.cancel()
+    # a device only an event rule reads is slowed like any other
+    assert all(other == dust for other, dust, _ in seen)
+    # the alarm device kept its rate while the others were slowed, up to their slowest
+    assert any(1.0 < other < MAX_PACE for other, _, _ in seen)
+    assert all(river == 1.0 for other, _, river in seen if other < MAX_PACE)
+    # and only the pressure beyond that slowed it too, as far as the others at most
+    assert seen[-1] == (MAX_PACE, MAX_PACE, MAX_PACE)
+    assert any(1.0 < river < MAX_PACE for _, _, river in seen)
+
+
+def test_a_node_slows_its_alarm_devices_last(tmp_path: Path) -> None:
+    """Wiring: each driver's `ctx.pace` is its own device's, from the running bundle."""
+    bundle = tmp_path / "rules.yaml"
+    bundle.write_text(
+        "version: 1\nname: t\nrules:\n"
+        "  - id: flood\n    devices: [river]\n    when: level > 2\n    alarm: {kind: flood}\n",
+        encoding="utf-8",
+    )
+    config = NodeConfig(
+        node=NodeSection(id="n1", data_dir=tmp_path),
+        http=HttpSection(enabled=False),
+        rules=RulesSection(file=bundle),
+        devices=[device("river", 1502), device("pump", 1503)],  # never started here
+    )
+    gw = Gateway(config)
+    river, pump = gw.drivers["river"].ctx, gw.drivers["pump"].ctx
+    assert (river.pace, pump.pace) == (1.0, 1.0)
+    gw.load.pressure = 2 * MAX_PACE  # past every other device's slowest
+    assert (river.pace, pump.pace) == (2.0, MAX_PACE)
