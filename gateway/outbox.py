@@ -222,7 +222,7 @@ class _Polls:
     ids the poll's id with the readings' index as its last two characters."""
 
     def __init__(self, batch_max: int) -> None:
-        self.polls: list[tuple[dict[str, Any], int]] = []
+        self.polls: list[dict[str, Any]] = []
         # single readings of one time gather in one poll, up to a message's worth
         self._open: dict[str, Any] | None = None
         self._most = min(batch_max, BLOCK_IDS)
@@ -238,7 +238,7 @@ class _Polls:
                 "units": record.units,
                 "quality": record.qualities,  # orjson writes an enum as its value
             }
-            self.polls.append((poll, len(record.points)))
+            self.polls.append(poll)
             return
         ts = iso_time(record.ts)
         last = self._open  # the last poll, made of single readings
@@ -247,7 +247,6 @@ class _Polls:
             last["values"].append(record.value)
             last["units"].append(record.unit)
             last["quality"].append(record.quality)
-            self.polls[-1] = (last, self.polls[-1][1] + 1)
             return
         poll = self._open = {
             "id": record.id[:-2] + _FIRST,
@@ -257,14 +256,15 @@ class _Polls:
             "units": [record.unit],
             "quality": [record.quality],
         }
-        self.polls.append((poll, 1))
+        self.polls.append(poll)
 
     def messages(self, node: str, device: str, batch_max: int, now: float) -> list[_Pending]:
         """Whole polls, at most `batch_max` readings a message (a larger poll alone)."""
         out: list[_Pending] = []
         items: list[dict[str, Any]] = []
         count = 0
-        for poll, n in self.polls:
+        for poll in self.polls:
+            n = len(poll["points"])
             if items and count + n > batch_max:
                 out.append(_telemetry(node, device, {"format": 2, "polls": items}, count, now))
                 items, count = [], 0
