@@ -164,7 +164,12 @@ async def run_subscriber(args: argparse.Namespace) -> None:
 
 
 def node_config(
-    work: Path, broker: int, ports: Sequence[int], period: float, inflight: int = 0
+    work: Path,
+    broker: int,
+    ports: Sequence[int],
+    period: float,
+    inflight: int = 0,
+    event_loop: str = "auto",
 ) -> Path:
     devices = "".join(
         f"""  - type: modbus
@@ -180,6 +185,7 @@ def node_config(
     text = f"""node:
   id: {NODE}
   data_dir: {work / "data"}
+  event_loop: {event_loop}
 log: {{level: warning}}
 http: {{enabled: true, port: {free_port()}}}
 discovery: {{enabled: false}}
@@ -278,7 +284,7 @@ async def measure(
         shutil.rmtree(work / "data", ignore_errors=True)
         if args.backlog:
             await asyncio.to_thread(fill_backlog, work / "data" / "outbox.db", args.backlog)
-        cfg = node_config(work, broker, ports, args.period, args.inflight)
+        cfg = node_config(work, broker, ports, args.period, args.inflight, args.event_loop)
         started = time.monotonic()
         launch = [str(ROOT / ".venv" / "bin" / "cityneuron")]
         if TRACEMALLOC:  # the node's Python allocations by file, written after the warm-up
@@ -457,6 +463,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="poller,node")
     parser.add_argument("--profile", help="py-spy raw output of the node for the window")
     parser.add_argument("--inflight", type=int, default=0, help="the node's mqtt.max_inflight")
+    parser.add_argument(
+        "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        help="the node's node.event_loop",
+    )  # fmt: skip
     parser.add_argument(
         "--backlog", type=int, default=0,
         help="start the node with this many readings already in its outbox (an outage's)",

@@ -57,20 +57,25 @@ class Reporter:
         """Whether to report `value` now; if so it is recorded as reported."""
         cfg = self.config
         last = self.last.get(name)
-        if last is not None:
-            if quality is not last.quality:
-                pass  # a quality change is always news
-            elif now - last.at < cfg.min_interval:
+        if last is None:
+            self.last[name] = Reported(value, quality, now)
+            return True
+        if quality is not last.quality:
+            pass  # a quality change is always news
+        elif now - last.at < cfg.min_interval:
+            return False
+        elif last.value == value:
+            if cfg.mode == "on_change" or now - last.at < cfg.period:
                 return False
-            elif last.value == value:
-                if cfg.mode == "on_change" or now - last.at < cfg.period:
-                    return False
-            elif not (
-                (cfg.mode != "on_change" and now - last.at >= cfg.period)
-                or (cfg.mode != "periodic" and _changed(last.value, value, deadband, cfg))
-            ):
-                return False
-        self.last[name] = Reported(value, quality, now)
+        elif not (
+            (cfg.mode != "on_change" and now - last.at >= cfg.period)
+            or (cfg.mode != "periodic" and _changed(last.value, value, deadband, cfg))
+        ):
+            return False
+        # updated in place: this runs for every value a driver reads
+        last.value = value
+        last.quality = quality
+        last.at = now
         return True
 
     def forget(self, name: str) -> None:

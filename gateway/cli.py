@@ -254,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or config.log.level, config.log.format)
     try:
-        runner.run(_run_gateway(config), abandoned=abandoned)
+        runner.run(_run_gateway(config), abandoned=abandoned, loop_kind=config.node.event_loop)
     except Exception as exc:
         for error in _leaves(exc):
             logger.critical("node stopped on error: %s", error, exc_info=error)

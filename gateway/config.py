@@ -56,6 +56,20 @@ class NodeSection(Section):
         default=Path("/var/lib/cityneuron"),
         description="Directory for durable state: outbox, rule bundles, models.",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="The event loop: uvloop (the same behaviour, less CPU) or Python's "
+        "own; auto takes uvloop where it is installed.",
+    )
+
+    @model_validator(mode="after")
+    def _event_loop_installed(self) -> NodeSection:
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError(
+                "event_loop: uvloop is not installed here (pip install uvloop, "
+                "or event_loop: auto to use it where it is)"
+            )
+        return self
 
 
 class LogSection(Section):

@@ -333,6 +333,8 @@ class OutboxStore:
         self.max_bytes = max_bytes
         self.ttl = ttl or dict(DEFAULT_TTL)
         self.stats = OutboxStats()
+        # the messages the last commit stored (none if it evicted any), in seq order
+        self.inserted: list[Message] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -404,15 +406,24 @@ class OutboxStore:
         return what they freed), and the eviction walks the index from the oldest.
         """
         evicted: dict[str, int] = {}
+        self.inserted = []
         with self._transaction() as cur:
             self._delete(cur, list(acked))
-            self._insert(cur, pending)
+            last = self._insert(cur, pending)
             used = sum(b for _, b in self._totals.values())
             if used > self.max_bytes:
                 reserve = REPORT_RESERVE if reporter is not None else 0
                 evicted = self._evict(cur, used - self.max_bytes + reserve, protect)
                 if evicted and reporter is not None:
                     self._insert(cur, reporter("evicted", evicted))
+        if not evicted:
+            # the rows just inserted, as `peek` would read them: within one transaction
+            # of the only writer, AUTOINCREMENT numbers them one after the other
+            first = last - len(pending) + 1
+            self.inserted = [
+                Message(first + i, p.id, p.priority, p.topic, p.stream, p.body, p.count, p.raw)
+                for i, p in enumerate(pending)
+            ]
         for name, n in evicted.items():
             self.stats.evicted[name] += n
         self.stats.accepted += sum(p.count for p in pending)
@@ -444,7 +455,8 @@ class OutboxStore:
             raise
         cur.execute("COMMIT")
 
-    def _insert(self, cur: sqlite3.Cursor, pending: Sequence[_Pending]) -> None:
+    def _insert(self, cur: sqlite3.Cursor, pending: Sequence[_Pending]) -> int:
+        """Store `pending`; returns the seq of the last row inserted."""
         for p in pending:
             self._count(p.priority, 1, len(p.body) + ROW_OVERHEAD)
         cur.executemany(
@@ -465,6 +477,8 @@ class OutboxStore:
                 for p in pending
             ],
         )
+        last: int = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return last
 
     def _evict(self, cur: sqlite3.Cursor, excess: int, protect: Collection[int]) -> dict[str, int]:
         """Delete the oldest messages of the lowest classes until `excess` bytes are freed."""
@@ -604,6 +618,9 @@ class Outbox:
         # per class, the highest seq handed to the uplink (where the next peek starts)
         self._handed: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._ahead: deque[Message] = deque()  # read from the file, not yet handed out
+        # the last read found every class exhausted, and every message committed since is
+        # in _ahead: a commit then hands its messages over from memory, not via the file
+        self._caught_up = False
         self._ack_wake = Wake()
 
     @property
@@ -692,6 +709,7 @@ class Outbox:
             self._inflight.clear()
             self._handed = dict.fromkeys(Priority, 0)
             self._ahead.clear()
+            self._caught_up = False
             logger.info("outbox closed")
 
     async def _commit(self, records: Sequence[Record]) -> None:
@@ -728,12 +746,27 @@ class Outbox:
             self._deleting = set()
         if self._ahead and any(p.priority < self._ahead[-1].priority for p in pending):
             self._rewind()  # something more urgent came in: it goes before what was read
+        elif self._caught_up and pending:
+            self._hand_over(store.inserted, len(pending))
         if pending or store.stats.messages:
             self.available.set()
         self.committed.set()
         self.committed.clear()
 
+    def _hand_over(self, inserted: list[Message], committed: int) -> None:
+        """Put what a commit stored straight into the read-ahead: what the next read of
+        the file would return, without the trip to its thread. Not when the commit
+        evicted (its report and its victims are read from the file), nor past a bound
+        (while the uplink is away the messages wait in the file, not in memory)."""
+        if len(inserted) != committed or len(self._ahead) + committed > 4 * READ_AHEAD:
+            self._caught_up = False
+            return
+        for m in sorted(inserted, key=lambda m: (m.priority, m.seq)):
+            self._ahead.append(m)
+            self._handed[m.priority] = max(self._handed[m.priority], m.seq)
+
     async def _maintain(self) -> None:
+        self._caught_up = False  # an expiry report may be stored: read the file again
         await self._call(self._open_store().expire, time.time(), self._report_dropped)
         self.available.set()
 
@@ -763,20 +796,27 @@ class Outbox:
         in flight. Call `ack` or `release` for each."""
         while True:
             if self.store is not None and self._executor is not None:
-                if not self._ahead:
+                if not self._ahead and self._caught_up:
+                    # everything stored is handed out: the next commit hands its own over
+                    self.available.clear()
+                elif not self._ahead:
                     self.available.clear()
                     exclude = self._inflight | self._acked | self._deleting
                     after = dict(self._handed)
                     # read ahead: one trip to the outbox's thread serves many calls (a
                     # slot freed by one PUBACK asks for one message)
-                    fetched: list[Message] = await self._call(
-                        self.store.peek, max(limit, READ_AHEAD), exclude, after
-                    )
+                    want = max(limit, READ_AHEAD)
+                    self._caught_up = False  # commits meanwhile are read with the rest
+                    fetched: list[Message] = await self._call(self.store.peek, want, exclude, after)
                     # acks may have arrived while the thread worked
                     gone = self._inflight | self._acked | self._deleting
                     self._ahead.extend(m for m in fetched if m.seq not in gone)
                     for m in fetched:
                         self._handed[m.priority] = max(self._handed[m.priority], m.seq)
+                    # fewer than asked: every class is exhausted. A commit that ran on
+                    # the thread before this read is in it (and found _caught_up false);
+                    # one after it resumes after this and is handed over
+                    self._caught_up = len(fetched) < want
                 if self._ahead:
                     msgs = [self._ahead.popleft() for _ in range(min(limit, len(self._ahead)))]
                     self._inflight.update(m.seq for m in msgs)
@@ -785,6 +825,7 @@ class Outbox:
 
     def _rewind(self) -> None:
         """Forget what was read ahead (it is read again, after anything more urgent)."""
+        self._caught_up = False
         for m in self._ahead:
             self._handed[m.priority] = min(self._handed[m.priority], m.seq - 1)
         self._ahead.clear()

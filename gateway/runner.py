@@ -10,13 +10,27 @@ Everything the node must keep is committed by then (the outbox stops last).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+EventLoop = Literal["auto", "uvloop", "asyncio"]
+
+
+def new_loop(kind: EventLoop = "auto") -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's (the same asyncio API, its machinery in C: about a
+    tenth less CPU under load) where installed and asked for, else asyncio's own."""
+    if kind == "uvloop" or (kind == "auto" and importlib.util.find_spec("uvloop") is not None):
+        import uvloop  # noqa: PLC0415  # optional: not on every platform
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def run(
@@ -24,11 +38,12 @@ def run(
     *,
     cancel_timeout: float = 2.0,
     abandoned: Callable[[], Iterable[asyncio.Task[Any]]] = list,
+    loop_kind: EventLoop = "asyncio",
 ) -> T:
-    """Run `main` on a new event loop and close it, waiting at most `cancel_timeout`
-    seconds for tasks that outlive it (not at all for those `abandoned()` names: they
-    have had their time already)."""
-    loop = asyncio.new_event_loop()
+    """Run `main` on a new event loop (`loop_kind`, see `new_loop`) and close it, waiting
+    at most `cancel_timeout` seconds for tasks that outlive it (not at all for those
+    `abandoned()` names: they have had their time already)."""
+    loop = new_loop(loop_kind)
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(main)

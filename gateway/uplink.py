@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import ssl
 import time
 import traceback
@@ -38,6 +39,19 @@ from gateway.outbox import Message, Outbox
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 64  # commands waiting to run; more at once are answered busy
+
+
+class _PackedProperties(Properties):
+    """A PUBLISH's properties packed once: paho packs them again on every publish."""
+
+    def __init__(self, content_type: str) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.ContentType = content_type
+        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+
+    def pack(self) -> bytes:
+        packed: bytes = self.__dict__["_packed"]
+        return packed
 
 
 class Topics:
@@ -106,11 +120,14 @@ class Uplink:
         self.state = state
         self.topics = Topics(config.topic_prefix, node, groups)
         self.v5 = config.protocol == "5"
+        # longest wait for a PUBACK (or any answer of the broker) before reconnecting
+        self.ack_timeout = max(10.0, config.keepalive)
         self.connected = asyncio.Event()
         self.connects = 0
         self.published = 0
         self.commands_busy = 0  # commands answered busy: the intake was full
         self._inflight: dict[int, Message] = {}
+        self._sent_at: dict[int, float] = {}  # seq -> when its PUBLISH went out
         self._slot_free = asyncio.Event()
         self._down_since: float | None = None
         self._attempts = 0
@@ -177,7 +194,7 @@ class Uplink:
             max_inflight_messages=cfg.max_inflight,
             # the queue between paho and the command intake; the intake itself is bounded
             max_queued_incoming_messages=1000,
-            timeout=max(10.0, cfg.keepalive),
+            timeout=self.ack_timeout,
             properties=self._connect_properties(),
         )
         # the window is bounded here (max_inflight, the send loop's semaphore); replies,
@@ -204,6 +221,7 @@ class Uplink:
                 self._up()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._send_loop(client, tg), name="uplink.send")
+                    tg.create_task(self._ack_watchdog(), name="uplink.acks")
                     if self.state is not None:
                         tg.create_task(self._status_loop(client), name="uplink.status")
                     # the body itself must wait: on Python 3.11 a TaskGroup whose child
@@ -224,6 +242,7 @@ class Uplink:
                 self.connected.clear()
                 self.outbox.release(self._inflight.values())
                 self._inflight.clear()
+                self._sent_at.clear()
 
     async def _status_loop(self, client: aiomqtt.Client) -> None:
         """Publish the retained status again whenever a component starts or stops failing."""
@@ -278,11 +297,7 @@ class Uplink:
     # --- sending -----------------------------------------------------------------------
 
     def _properties(self, content_type: str = "application/json") -> Properties | None:
-        if not self.v5:
-            return None
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = content_type
-        return props
+        return _PackedProperties(content_type) if self.v5 else None
 
     async def _send_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         window = self.config.max_inflight
@@ -293,8 +308,10 @@ class Uplink:
                 self._slot_free.clear()
                 await self._slot_free.wait()
             msgs = await self.outbox.next_messages(window - len(self._inflight))
+            now = time.monotonic()
             for msg in msgs:
                 self._inflight[msg.seq] = msg
+                self._sent_at[msg.seq] = now
                 # tasks start in creation order, so the broker sees messages in order
                 tg.create_task(
                     self._publish(client, msg, raw_props if msg.raw else props),
@@ -304,11 +321,27 @@ class Uplink:
     async def _publish(
         self, client: aiomqtt.Client, msg: Message, props: Properties | None
     ) -> None:
-        await client.publish(self.topics.of(msg.topic), msg.payload(), qos=1, properties=props)
+        # no timeout per message (a timer and a task each): _ack_watchdog watches them all
+        await client.publish(
+            self.topics.of(msg.topic), msg.payload(), qos=1, properties=props, timeout=math.inf
+        )
         self._inflight.pop(msg.seq, None)
+        self._sent_at.pop(msg.seq, None)
         self.outbox.ack(msg)
         self.published += 1
         self._slot_free.set()
+
+    async def _ack_watchdog(self) -> None:
+        """End the session when a PUBACK is overdue: a broker that takes messages and never
+        acknowledges them holds the window; a new connection sends them again."""
+        while True:
+            limit = self.ack_timeout
+            await asyncio.sleep(min(1.0, limit / 4))
+            oldest = next(iter(self._sent_at.items()), None)  # sent in seq order
+            if oldest is not None and time.monotonic() - oldest[1] > limit:
+                raise aiomqtt.MqttError(
+                    f"no PUBACK for message {oldest[0]} within {limit:g}s; reconnecting"
+                )
 
     # --- commands ----------------------------------------------------------------------
 

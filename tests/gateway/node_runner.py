@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
+from gateway import runner
 from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.logs import setup_logging
@@ -19,7 +19,8 @@ def main() -> int:
     config = load_config(sys.argv[1], [CounterConfig])
     setup_logging("info")
     logging.getLogger("gateway").info("node runner starting")
-    asyncio.run(Gateway(config, registry=registry).run())
+    # the loop the node would run on (uvloop where installed): durability is kept on it
+    runner.run(Gateway(config, registry=registry).run(), loop_kind=config.node.event_loop)
     return 0
 
 

@@ -367,3 +367,74 @@ def test_peek_resumes_after_what_it_handed_out(tmp_path: Path) -> None:
     s.commit(pack([alarm], "n1", 1, 0), ())
     assert s.peek(1, set(), {**after, Priority.ALARM: 0})[0].priority is Priority.ALARM
     s.close()
+
+
+async def test_a_caught_up_uplink_gets_new_messages_from_memory_exactly_as_stored(
+    tmp_path: Path,
+) -> None:
+    """Once the uplink has read everything, what a commit stores is handed over without
+    reading the file again: the same seqs, bodies and order as the file holds."""
+    async with running_outbox(tmp_path, commit_interval=0.01, batch_max=1) as (bus, outbox):
+        assert outbox.store is not None
+        reads = 0
+        peek = outbox.store.peek
+
+        def counted(*args: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return peek(*args)
+
+        outbox.store.peek = counted  # type: ignore[method-assign]
+        await bus.publish(readings("a", 1)[0])
+        (first,) = await asyncio.wait_for(outbox.next_messages(10), 5)  # read from the file
+        assert reads >= 1
+        read_before = reads
+        got = []
+        for value in range(1, 6):
+            await bus.publish(Reading(device="a", point="p", value=value, ts=T0))
+            got += await asyncio.wait_for(outbox.next_messages(10), 5)
+        await bus.publish(Event(kind="alarm.x", source="a", severity=Severity.CRITICAL))
+        await bus.publish(Reading(device="a", point="p", value=6, ts=T0))
+        while len(got) < 7:
+            got += await asyncio.wait_for(outbox.next_messages(10), 5)
+        assert reads == read_before  # everything after the first came from the commits
+        stored = {m.seq: m for m in OutboxStore(tmp_path / "o.db", max_bytes=10**8).peek(99, ())}
+        for m in [first, *got]:
+            assert stored[m.seq].body == m.body and stored[m.seq].priority == m.priority
+        values = [
+            telemetry_readings(json.loads(m.body))[0]["value"]
+            for m in got
+            if m.priority is Priority.TELEMETRY
+        ]
+        assert values == [1, 2, 3, 4, 5, 6]
+        seqs = [m.seq for m in [first, *got]]
+        assert len(set(seqs)) == len(seqs)
+
+
+async def test_a_commit_that_evicts_is_read_from_the_file_with_its_report(tmp_path: Path) -> None:
+    async with running_outbox(tmp_path, commit_interval=0.01, batch_max=1, max_bytes=4096) as (
+        bus,
+        outbox,
+    ):
+        await bus.publish(readings("a", 1)[0])
+        (first,) = await asyncio.wait_for(outbox.next_messages(10), 5)
+        outbox.ack(first)
+        for reading in readings("a", 40, start=1):
+            await bus.publish(reading)
+        got: list[Any] = []
+        while not any(m.priority is Priority.EVENT for m in got):
+            got += await asyncio.wait_for(outbox.next_messages(100), 5)
+            for m in got:
+                outbox.ack(m)
+        report = next(json.loads(m.body) for m in got if m.priority is Priority.EVENT)
+        assert report["kind"] == "outbox.dropped"
+        values = [
+            telemetry_readings(json.loads(m.body))[0]["value"]
+            for m in got
+            if m.priority is Priority.TELEMETRY
+        ]
+        assert values == sorted(values)
+        # what was sent plus what the report says was evicted is everything stored
+        evicted = sum(outbox.stats.evicted.values())
+        assert evicted > 0
+        assert len(values) + evicted + outbox.stats.messages >= 40

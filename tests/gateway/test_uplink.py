@@ -328,3 +328,28 @@ async def test_the_status_says_offline_when_the_uplink_fails_for_good(
     (status,) = sub.on("/status")
     assert status.retain
     assert status.json()["state"] == "offline"
+
+
+async def test_an_overdue_puback_ends_the_session_and_a_timely_one_does_not(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """One watchdog for every message in flight, not a timer each: a PUBACK later than
+    `ack_timeout` ends the connection (the messages go again on the next one)."""
+    cfg = config(tmp_path, broker, CounterConfig(type="counter", id="c1", interval=0.01))
+    async with collect(broker, "cityneuron/v1/n1/telemetry/#") as sub, running(cfg) as gw:
+        uplink = gw.uplink
+        assert uplink is not None
+        await sub.wait(lambda: len(readings_of(sub, "c1")) >= 20)
+        connects = uplink.connects
+        uplink.ack_timeout = 0.4
+        await asyncio.sleep(1.5)  # PUBACKs come in milliseconds: the session holds
+        assert uplink.connects == connects and uplink.connected.is_set()
+        # a message that never got its PUBACK (as from a broker that stopped acking)
+        uplink._sent_at = {0: 0.0, **uplink._sent_at}
+        for _ in range(100):
+            if uplink.connects > connects:
+                break
+            await asyncio.sleep(0.05)
+        assert uplink.connects == connects + 1
+        seen = len(readings_of(sub, "c1"))
+        await sub.wait(lambda: len(readings_of(sub, "c1")) > seen + 20)
