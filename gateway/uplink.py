@@ -146,7 +146,7 @@ class Uplink:
             try:
                 await self._session(tls)
             except* (aiomqtt.MqttError, OSError) as group:
-                self._lost(group.exceptions[0])
+                self._lost(_first_leaf(group))
                 _release_frames(group)
             self._attempts += 1
             await asyncio.sleep(
@@ -460,6 +460,13 @@ def _release_frames(exc: BaseException) -> None:
         stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
         if isinstance(e, BaseExceptionGroup):
             stack.extend(e.exceptions)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) groups: what the log names as the cause."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _network_only(exc: BaseException) -> bool:
