@@ -170,6 +170,7 @@ def node_config(
     period: float,
     inflight: int = 0,
     event_loop: str = "auto",
+    commit_interval: float = 0.0,
 ) -> Path:
     devices = "".join(
         f"""  - type: modbus
@@ -194,6 +195,7 @@ mqtt:
   port: {broker}
   tls: {{enabled: false}}
 {f"  max_inflight: {inflight}" if inflight else ""}
+{f"outbox: {{commit_interval: {commit_interval * 1000:g}ms}}" if commit_interval else ""}
 devices:
 {devices}"""
     path = work / "node.yaml"
@@ -284,7 +286,9 @@ async def measure(
         shutil.rmtree(work / "data", ignore_errors=True)
         if args.backlog:
             await asyncio.to_thread(fill_backlog, work / "data" / "outbox.db", args.backlog)
-        cfg = node_config(work, broker, ports, args.period, args.inflight, args.event_loop)
+        cfg = node_config(
+            work, broker, ports, args.period, args.inflight, args.event_loop, args.commit_interval
+        )
         started = time.monotonic()
         launch = [str(ROOT / ".venv" / "bin" / "cityneuron")]
         if TRACEMALLOC:  # the node's Python allocations by file, written after the warm-up
@@ -466,6 +470,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
         help="the node's node.event_loop",
+    )  # fmt: skip
+    parser.add_argument(
+        "--commit-interval", type=float, default=0.0,
+        help="the node's outbox.commit_interval in seconds (default: the node's own)",
     )  # fmt: skip
     parser.add_argument(
         "--backlog", type=int, default=0,

@@ -100,6 +100,7 @@ class Subscription:
         kinds: tuple[type, ...] | None,
         max_wait: float,
         accept: Callable[[Record], bool] | None = None,
+        urgent: Callable[[Record], bool] | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"subscription {name!r}: maxsize must be >= 1, got {maxsize}")
@@ -107,6 +108,7 @@ class Subscription:
         self.policy = policy
         self.kinds = kinds
         self.accept = accept
+        self.urgent = urgent  # a record that ends a batch's linger
         self.max_wait = max_wait
         self.maxsize = maxsize
         self._bus = bus
@@ -177,7 +179,14 @@ class Subscription:
                 return
         self._items.append(record)
         getter = self._getter
-        if getter is not None and len(self._items) >= self._wake_at and not getter.done():
+        if (
+            getter is not None
+            and (
+                len(self._items) >= self._wake_at
+                or (self.urgent is not None and self.urgent(record))
+            )
+            and not getter.done()
+        ):
             getter.set_result(None)
         self._delivered()
 
@@ -258,14 +267,22 @@ class Subscription:
             if wake is not None and wake.is_set():
                 return []
         batch = [self._take()]
-        # the rest: one sleep through the linger, cut short only by a full batch (not a
-        # wake-up per record)
+        # the rest: one sleep through the linger, cut short only by a full batch or an
+        # urgent record (not a wake-up per record)
         gather = min(max_items - 1, self.maxsize)
-        if gather > 0 and linger > 0:
+        if gather > 0 and linger > 0 and not self._urgent_queued(batch[0], gather):
             await self._wait(within=linger, gather=gather)
         while self._items and len(batch) < max_items:
             batch.append(self._take())
         return batch
+
+    def _urgent_queued(self, first: Record, gather: int) -> bool:
+        """Whether a batch starting with `first` has an urgent record already (a full
+        batch does not linger anyway, so its queue is not looked through)."""
+        urgent = self.urgent
+        if urgent is None or len(self._items) >= gather:
+            return False
+        return urgent(first) or any(urgent(r) for r in self._items)
 
     def close(self) -> None:
         self._bus.unsubscribe(self)
@@ -310,12 +327,15 @@ class Bus:
         kinds: Iterable[type] | None = None,
         max_wait: float = 5.0,
         accept: Callable[[Record], bool] | None = None,
+        urgent: Callable[[Record], bool] | None = None,
     ) -> Subscription:
         """A new subscription; use it as a context manager or `close()` it.
 
         `accept`, if given, is asked (synchronously, in the publisher's call) whether a
         record of the wanted kinds is queued at all: a consumer that needs only a glance
-        at most records takes it there, and is woken only for the rest."""
+        at most records takes it there, and is woken only for the rest. `urgent`, if
+        given, names the records that end `get_batch`'s linger: the batch is taken as it
+        is when one arrives."""
         sub = Subscription(
             self,
             name,
@@ -324,6 +344,7 @@ class Bus:
             kinds=tuple(kinds) if kinds is not None else None,
             max_wait=max_wait,
             accept=accept,
+            urgent=urgent,
         )
         self._subs.append(sub)
         return sub

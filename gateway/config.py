@@ -170,10 +170,11 @@ class OutboxSection(Section):
         description="Disk budget of the outbox (e.g. 256MB); oldest telemetry goes first.",
     )
     commit_interval: Duration = Field(
-        default=0.05,
+        default=0.2,
         ge=0,
         le=5,
-        description="Seconds records may wait to be committed together (one fsync per batch).",
+        description="Seconds telemetry may wait to be committed together (one fsync and "
+        "fewer, fuller messages per batch); an event or alarm is committed without waiting.",
     )
     fsync: Literal["full", "normal"] = Field(
         default="full",

@@ -4,11 +4,12 @@ What the node measured is kept here until the broker has acknowledged it.
 
 * **Accepted means durable.** The writer takes records from the bus, packs readings of one
   device into telemetry messages, and commits everything that arrived within
-  ``commit_interval`` in one transaction. With ``fsync: full`` (the default) each commit
-  is fsynced before it returns, so a committed message survives a process crash *and* a
-  power cut; ``fsync: normal`` survives a process crash but may lose the last commits on
-  power loss (the file stays consistent either way). Records are in memory only while
-  they wait for the next commit, at most ``commit_interval`` seconds.
+  ``commit_interval`` in one transaction (an event or alarm ends the wait: it is
+  committed at once, with whatever telemetry came before it). With ``fsync: full`` (the
+  default) each commit is fsynced before it returns, so a committed message survives a
+  process crash *and* a power cut; ``fsync: normal`` survives a process crash but may
+  lose the last commits on power loss (the file stays consistent either way). Records
+  are in memory only while they wait for the next commit, at most ``commit_interval``.
 * **Deleted only after PUBACK.** The uplink acknowledges a message once the broker's PUBACK
   arrived; deletions are committed with the next batch. A crash in between means the
   message is sent again with the same id and sequence number (a QoS 1 duplicate).
@@ -318,6 +319,10 @@ def _reading_dict(r: Reading) -> dict[str, Any]:
     }
 
 
+def _not_telemetry(record: Record) -> bool:
+    return not isinstance(record, ReadingBatch | Reading)
+
+
 class OutboxStore:
     """The SQLite file. Synchronous: call only from the outbox's own thread."""
 
@@ -582,7 +587,7 @@ class Outbox:
         node: str,
         bus: Bus,
         max_bytes: int = 256 * 1024 * 1024,
-        commit_interval: float = 0.05,
+        commit_interval: float = 0.2,
         batch_max: int = 100,
         fsync: Literal["full", "normal"] = "full",
         ttl: dict[Priority, float] | None = None,
@@ -641,7 +646,11 @@ class Outbox:
         """Writer component: bus -> SQLite, until cancelled; drains the queue on stop."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         sub = self.bus.subscribe(
-            "outbox", maxsize=self.queue_size, policy=DropPolicy.BACKPRESSURE, max_wait=5.0
+            "outbox",
+            maxsize=self.queue_size,
+            policy=DropPolicy.BACKPRESSURE,
+            max_wait=5.0,
+            urgent=_not_telemetry,  # events and alarms do not wait for the telemetry's batch
         )
         try:
             store: OutboxStore = await self._call(

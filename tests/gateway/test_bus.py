@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from gateway.bus import Bus, DropPolicy, Wake
-from gateway.kernel.records import Event, Reading
+from gateway.kernel.records import Event, Reading, Record
 
 
 def reading(n: int, device: str = "d1") -> Reading:
@@ -124,6 +124,31 @@ async def test_get_batch_lingers_for_records_and_a_full_batch_ends_the_linger() 
             await bus.publish(reading(n))
         got = await asyncio.wait_for(lingering, 5)
         assert [r.value for r in got] == [2, 3, 4, 5]
+
+
+async def test_an_urgent_record_ends_the_linger_and_so_does_one_already_queued() -> None:
+    bus = Bus()
+
+    def urgent(record: Record) -> bool:
+        return isinstance(record, Event)
+
+    with bus.subscribe("all", maxsize=100, urgent=urgent) as sub:
+        lingering = asyncio.create_task(sub.get_batch(50, linger=60), name="test.urgent")
+        await asyncio.sleep(0.01)
+        await bus.publish(reading(0))  # the linger starts: 60 s
+        await bus.publish(reading(1))
+        await asyncio.sleep(0.01)
+        assert not lingering.done()
+        await bus.publish(Event(kind="alarm.x", source="s"))
+        got = await asyncio.wait_for(lingering, 5)
+        assert [type(r).__name__ for r in got] == ["Reading", "Reading", "Event"]
+        # an urgent record at the head of a batch, or queued behind it: no linger at all
+        await bus.publish(Event(kind="alarm.y", source="s"))
+        await bus.publish(reading(2))
+        assert len(await asyncio.wait_for(sub.get_batch(50, linger=60), 5)) == 2
+        await bus.publish(reading(3))
+        await bus.publish(Event(kind="alarm.z", source="s"))
+        assert len(await asyncio.wait_for(sub.get_batch(50, linger=60), 5)) == 2
 
 
 def test_subscription_rejects_a_zero_size_queue() -> None:

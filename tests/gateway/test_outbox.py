@@ -438,3 +438,19 @@ async def test_a_commit_that_evicts_is_read_from_the_file_with_its_report(tmp_pa
         evicted = sum(outbox.stats.evicted.values())
         assert evicted > 0
         assert len(values) + evicted + outbox.stats.messages >= 40
+
+
+async def test_an_alarm_is_committed_at_once_with_the_telemetry_before_it(tmp_path: Path) -> None:
+    """Telemetry waits up to commit_interval to share a commit; an event or alarm does not
+    wait, and takes what is queued with it (in one transaction, in order)."""
+    async with running_outbox(tmp_path, commit_interval=5.0) as (bus, outbox):
+        for reading in readings("a", 3):
+            await bus.publish(reading)
+        await asyncio.sleep(0.05)
+        assert outbox.stats.accepted == 0  # lingering: 5 s
+        await bus.publish(Event(kind="alarm.x", source="a", severity=Severity.CRITICAL))
+        await asyncio.wait_for(outbox.committed.wait(), 2)
+        assert outbox.stats.accepted == 4
+        msgs = await asyncio.wait_for(outbox.next_messages(10), 2)
+        assert [m.priority for m in msgs] == [Priority.ALARM, Priority.TELEMETRY]
+        assert [r["value"] for r in telemetry_readings(json.loads(msgs[1].body))] == [0, 1, 2]
