@@ -756,18 +756,18 @@ class Outbox:
         if self._ahead and any(p.priority < self._ahead[-1].priority for p in pending):
             self._rewind()  # something more urgent came in: it goes before what was read
         elif self._caught_up and pending:
-            self._hand_over(store.inserted, len(pending))
+            self._hand_over(store.inserted)
         if pending or store.stats.messages:
             self.available.set()
         self.committed.set()
         self.committed.clear()
 
-    def _hand_over(self, inserted: list[Message], committed: int) -> None:
+    def _hand_over(self, inserted: list[Message]) -> None:
         """Put what a commit stored straight into the read-ahead: what the next read of
         the file would return, without the trip to its thread. Not when the commit
         evicted (its report and its victims are read from the file), nor past a bound
         (while the uplink is away the messages wait in the file, not in memory)."""
-        if len(inserted) != committed or len(self._ahead) + committed > 4 * READ_AHEAD:
+        if not inserted or len(self._ahead) + len(inserted) > 4 * READ_AHEAD:
             self._caught_up = False
             return
         for m in sorted(inserted, key=lambda m: (m.priority, m.seq)):
@@ -805,17 +805,16 @@ class Outbox:
         in flight. Call `ack` or `release` for each."""
         while True:
             if self.store is not None and self._executor is not None:
-                if not self._ahead and self._caught_up:
-                    # everything stored is handed out: the next commit hands its own over
+                if not self._ahead:
                     self.available.clear()
-                elif not self._ahead:
-                    self.available.clear()
+                if not self._ahead and not self._caught_up:
+                    # (caught up, everything stored is handed out: the next commit hands
+                    # its own messages over)
                     exclude = self._inflight | self._acked | self._deleting
                     after = dict(self._handed)
                     # read ahead: one trip to the outbox's thread serves many calls (a
                     # slot freed by one PUBACK asks for one message)
                     want = max(limit, READ_AHEAD)
-                    self._caught_up = False  # commits meanwhile are read with the rest
                     fetched: list[Message] = await self._call(self.store.peek, want, exclude, after)
                     # acks may have arrived while the thread worked
                     gone = self._inflight | self._acked | self._deleting
